@@ -1,0 +1,85 @@
+# nudge — one front door. `make help` lists every target.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STACK  := $(PY) scripts/stack.py
+SETUP_STAMP := $(VENV)/.installed
+JARS_STAMP  := build/jars/.fetched
+
+# Demo knobs: `make demo EVENTS=20000`
+EVENTS ?= 5000
+SEED   ?= 7
+
+.PHONY: help setup jars lock up down ps logs topics clean test test-unit test-pipeline \
+        test-integration lint demo produce triggers profiles
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}'
+
+setup: $(SETUP_STAMP) ## Create .venv (Python 3.11) with the pinned dependencies
+$(SETUP_STAMP): requirements.txt constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	@touch $@
+
+jars: $(JARS_STAMP) ## Fetch the Flink Kafka connector and the Kafka broker jars (Maven Central)
+$(JARS_STAMP): pom.xml
+	@command -v mvn >/dev/null || { echo "error: mvn not found; install Maven (apt-get install maven)"; exit 1; }
+	rm -rf build/jars
+	mvn -q -B -f pom.xml package
+	@touch $@
+
+lock: setup ## Re-record the exact installed versions in constraints.txt
+	$(PY) -m pip freeze --exclude-editable > constraints.txt
+
+up: setup jars ## Start Kafka (9092), Redis (6379) and Flink (8081); create the topics
+	$(STACK) up
+
+down: ## Stop the local stack
+	@test -x $(PY) && $(STACK) down || true
+
+ps: ## Show which services of the stack answer
+	@$(STACK) ps
+
+logs: ## Show the tail of each service's log (make logs S=kafka)
+	@$(STACK) logs $(S)
+
+topics: setup ## Create the contract's topics on the running broker
+	$(STACK) topics
+
+clean: ## Stop the stack and delete its state (var/)
+	@if test -x $(PY); then $(STACK) clean; else rm -rf var; fi
+
+test: setup jars up ## Run all tests: unit, pipeline (minicluster) and integration (real stack)
+	$(PY) -m pytest tests
+
+test-unit: setup ## Run the unit tests only (pure Python, no JVM)
+	$(PY) -m pytest tests/unit
+
+test-pipeline: setup jars ## Run the minicluster pipeline tests only
+	$(PY) -m pytest tests/pipeline
+
+test-integration: setup jars up ## Run the integration tests only (Kafka, Redis, Flink)
+	$(PY) -m pytest tests/integration
+
+lint: setup ## ruff and mypy
+	$(PY) -m ruff check .
+	$(PY) -m mypy config udfs jobs scripts
+
+produce: setup up ## Send synthetic events to the events topic (make produce EVENTS=100000)
+	$(PY) -m jobs.generate --count $(EVENTS) --seed $(SEED)
+
+triggers: setup jars up ## Run the triggers job on a local minicluster until Ctrl-C
+	$(PY) -m jobs.triggers
+
+profiles: setup jars up ## Run the profiles job on a local minicluster until Ctrl-C
+	$(PY) -m jobs.profiles
+
+demo: setup jars up ## End to end: generate traffic, run the jobs, print what happened
+	$(PY) -m jobs.demo --events $(EVENTS) --seed $(SEED)

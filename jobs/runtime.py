@@ -1,0 +1,90 @@
+"""What every nudge job shares around its pipeline: the command line, the settings, the
+Flink environments and how a job is executed.
+
+A job module defines ``build(env, t_env, settings)`` and calls :func:`run_job` from its
+``main``; this module turns settings into Flink configuration (parallelism, exactly-once
+checkpoints, Python bundle and state-cache sizes, connector jars) so no job repeats it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from config.settings import ENVIRONMENTS, Settings, SettingsError, load_settings
+
+log = logging.getLogger("nudge")
+
+Builder = Callable[[Any, Any, Settings], None]
+
+
+def parse_args(description: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--env", choices=ENVIRONMENTS, default=None,
+                        help="settings overlay (default: $NUDGE_ENV or local)")
+    parser.add_argument("--detached", action="store_true",
+                        help="submit and return instead of waiting for the job to end")
+    # `flink run -py` passes its own arguments through; ignore what we do not know.
+    args, _unknown = parser.parse_known_args(argv)
+    return args
+
+
+def settings_or_exit(env: str | None) -> Settings:
+    """Load settings; a bad setting stops start-up with a message naming it."""
+    try:
+        return load_settings(env, os.environ)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def create_environments(settings: Settings) -> tuple[Any, Any]:
+    """A StreamExecutionEnvironment and its StreamTableEnvironment, configured."""
+    from pyflink.common import Configuration
+    from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
+    from pyflink.table import EnvironmentSettings, StreamTableEnvironment
+
+    f = settings.flink
+    conf = Configuration()
+    jars = f.jar_urls()
+    if jars:
+        conf.set_string("pipeline.jars", ";".join(jars))
+    conf.set_string("python.execution-mode", f.python_execution_mode)
+    conf.set_string("python.fn-execution.bundle.size", str(f.python_bundle_size))
+    conf.set_string("python.fn-execution.bundle.time", str(f.python_bundle_time_ms))
+    conf.set_string("python.state.cache-size", str(f.python_state_cache_size))
+    conf.set_string("python.executable", sys.executable)
+    conf.set_string("python.client.executable", sys.executable)
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(f.parallelism)
+    env.enable_checkpointing(f.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
+    t_env = StreamTableEnvironment.create(
+        env, environment_settings=EnvironmentSettings.in_streaming_mode())
+    t_conf = t_env.get_config()
+    t_conf.set("table.exec.source.idle-timeout", f"{settings.events.idle_timeout_ms} ms")
+    t_conf.set("table.local-time-zone", "UTC")
+    return env, t_env
+
+
+def run_job(name: str, build: Builder, argv: Sequence[str] | None, description: str) -> None:
+    """Parse the command line, load settings, build the pipeline and execute it."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parse_args(description, argv)
+    settings = settings_or_exit(args.env)
+    env, t_env = create_environments(settings)
+    try:
+        build(env, t_env, settings)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    log.info("starting %s (env=%s, parallelism=%d)", name, settings.env,
+             settings.flink.parallelism)
+    if args.detached:
+        client = env.execute_async(name)
+        log.info("submitted %s as job %s", name, client.get_job_id())
+    else:
+        env.execute(name)

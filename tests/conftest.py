@@ -1,0 +1,101 @@
+"""Shared fixtures for the three test tiers.
+
+- ``tests/unit``: pure Python, no JVM, no services.
+- ``tests/pipeline``: a real PyFlink job on a local minicluster (``execute_and_collect``).
+- ``tests/integration``: the real local stack (Kafka, Redis, Flink); the ``stack`` fixture
+  starts it with ``scripts/stack.py up`` when it is not already answering.
+
+Topics are created per test with a random suffix (``topic_factory``) and deleted after.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts import stack as stack_mod  # noqa: E402
+
+BOOTSTRAP = f"127.0.0.1:{stack_mod.KAFKA_PORT}"
+REDIS_URL = f"redis://127.0.0.1:{stack_mod.REDIS_PORT}/0"
+FLINK_REST = f"http://127.0.0.1:{stack_mod.FLINK_REST_PORT}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by tier from their folder, so `-m "not integration"` works."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts:
+            item.add_marker(pytest.mark.integration)
+        elif "pipeline" in parts:
+            item.add_marker(pytest.mark.pipeline)
+
+
+@pytest.fixture(scope="session")
+def stack() -> dict[str, str]:
+    """The local stack, started if it is not running (left running for the next run)."""
+    if not all(svc.healthy() for svc in stack_mod.SERVICE_TABLE.values()):
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "stack.py"), "up"],
+                              cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.fail(f"could not start the local stack:\n{proc.stdout}{proc.stderr}")
+    return {"bootstrap": BOOTSTRAP, "redis_url": REDIS_URL, "flink_rest": FLINK_REST}
+
+
+@pytest.fixture(scope="session")
+def kafka_admin(stack: dict[str, str]) -> Iterator[object]:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=stack["bootstrap"], client_id="nudge-tests")
+    yield admin
+    admin.close()
+
+
+@pytest.fixture
+def topic_factory(kafka_admin: object) -> Iterator[Callable[..., str]]:
+    """Create uniquely named topics; all are deleted when the test ends."""
+    from kafka.admin import NewTopic
+
+    created: list[str] = []
+
+    def make(prefix: str = "t", partitions: int = 2) -> str:
+        name = f"test-{prefix}-{uuid.uuid4().hex[:10]}"
+        kafka_admin.create_topics([NewTopic(name, partitions, 1)])  # type: ignore[attr-defined]
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        try:
+            kafka_admin.delete_topics(created)  # type: ignore[attr-defined]
+        except Exception as exc:  # a failed clean-up must not hide the test's result
+            print(f"warning: could not delete topics {created}: {exc}")
+
+
+@pytest.fixture
+def topic(topic_factory: Callable[..., str]) -> str:
+    return topic_factory()
+
+
+@pytest.fixture
+def redis_client(stack: dict[str, str]) -> Iterator[object]:
+    import redis
+
+    client = redis.Redis.from_url(stack["redis_url"])
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def test_environ(stack: dict[str, str]) -> dict[str, str]:
+    """Environment for a job under test: the stack's addresses, fast checkpoints."""
+    return {**os.environ, "NUDGE_ENV": "local", "NUDGE_KAFKA__BOOTSTRAP": stack["bootstrap"],
+            "NUDGE_REDIS__URL": stack["redis_url"]}
