@@ -1,0 +1,1 @@
+"""Pure-Python logic of nudge: codecs, validation and trigger rules, testable without a JVM."""
