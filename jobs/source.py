@@ -1,0 +1,256 @@
+"""The source stage both jobs share: Kafka bytes in, valid, de-duplicated, event-time
+events out; everything else to the dead-letter topic with a reason.
+
+    events topic (raw bytes + topic/partition/offset/timestamp metadata)
+      │ parse_event: Python table function, JSON or Confluent Avro → normalized columns
+      ├─ error IS NOT NULL ─────────────────────────────► events.dlq  (original bytes,
+      │                                                    headers error, source.*)
+      │ de-duplicate (user_id, event_id), keep first, state TTL = events.dedup_horizon_ms
+      │ event time: rowtime = ts, watermark = max ts − (watermark delay + allowed lateness)
+      ├─ ts behind the watermark ───────────── late ────► events.dlq
+      ▼
+    view `events` (append-only, rowtime attribute)
+
+Decoding and validation stay in Python (`udfs.events`): one set of rules gives every
+rejection its reason, for JSON and Avro alike. Everything after parsing runs in the JVM.
+
+Lateness: the contract counts an event as late when it is more than the allowed
+lateness (60 s) behind a watermark that trails the highest ts by 10 s. We emit exactly
+that combined watermark (highest ts − 70 s) downstream, so "late" is simply "behind the
+watermark" and every operator after this stage sees on-time events only; firings carry
+their event-time ``fired_at`` and do not depend on this choice (see docs/design.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.settings import ROOT, Settings
+
+# The normalized event columns handed downstream, in order. Fields the triggers and
+# profiles never read (device, country, referrer, page_url) are dropped here: data
+# minimization starts at the source.
+EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("event_id", "STRING"),
+    ("event_type", "STRING"),
+    ("user_id", "STRING"),
+    ("ts", "BIGINT"),
+    ("session_id", "STRING"),
+    ("product_id", "STRING"),
+    ("category", "STRING"),
+    ("price", "DOUBLE"),
+    ("quantity", "INT"),
+    ("order_id", "STRING"),
+    ("order_total", "DOUBLE"),
+    ("currency", "STRING"),
+    ("query", "STRING"),
+    ("consent_personalization", "BOOLEAN"),
+    ("consent_marketing", "BOOLEAN"),
+)
+EVENT_FIELDS = tuple(name for name, _ in EVENT_COLUMNS)
+# Source coordinates carried along so that late events reach the DLQ unchanged.
+SOURCE_COLUMNS = ("k", "v", "src_topic", "src_partition", "src_offset")
+
+
+def q(name: str) -> str:
+    """Quote an identifier for Flink SQL."""
+    return f"`{name}`"
+
+
+def _parse_event_function(settings: Settings) -> Any:
+    """The `parse_event(value, kafka_ts)` table function: one row per record, either the
+    normalized event with `error` NULL, or all NULL but `error`."""
+    from pyflink.table import DataTypes
+    from pyflink.table.udf import TableFunction, udtf
+
+    types = {"STRING": DataTypes.STRING(), "BIGINT": DataTypes.BIGINT(),
+             "DOUBLE": DataTypes.DOUBLE(), "INT": DataTypes.INT(),
+             "BOOLEAN": DataTypes.BOOLEAN()}
+    result_types = [types[t] for _, t in EVENT_COLUMNS] + [DataTypes.STRING()]
+    registry_url = settings.kafka.schema_registry_url
+    events = settings.events
+
+    class ParseEvent(TableFunction):  # type: ignore[misc]
+        def open(self, function_context: Any) -> None:
+            from udfs.codecs import LocalSchemas, RegistrySchemas
+            from udfs.events import EventRules
+
+            self.resolver = (RegistrySchemas(registry_url) if registry_url
+                             else LocalSchemas(ROOT / "schemas"))
+            self.rules = EventRules(max_future_ms=events.max_future_ms,
+                                    default_currency=events.default_currency)
+            group = function_context.get_metric_group().add_group("nudge")
+            self.parsed = group.counter("events_parsed")
+            self.rejected = group.counter("events_rejected")
+
+        def eval(self, value: bytes | None, kafka_ts: int | None) -> Any:
+            from udfs.events import Rejection, decode_and_validate
+
+            result = decode_and_validate(value, kafka_ts, self.resolver, self.rules)
+            if isinstance(result, Rejection):
+                self.rejected.inc()
+                yield (None,) * len(EVENT_COLUMNS) + (result.reason,)
+                return
+            self.parsed.inc()
+            consent = result.consent
+            yield (result.event_id, result.event_type, result.user_id, result.ts,
+                   result.session_id, result.product_id, result.category, result.price,
+                   result.quantity, result.order_id, result.order_total, result.currency,
+                   result.query,
+                   None if consent is None else consent.personalization,
+                   None if consent is None else consent.marketing,
+                   None)
+
+    return udtf(ParseEvent(), result_types=result_types)
+
+
+def kafka_options(settings: Settings, topic: str) -> str:
+    return (f"'connector' = 'kafka', 'topic' = '{topic}', "
+            f"'properties.bootstrap.servers' = '{settings.kafka.bootstrap}'")
+
+
+KAFKA_MS = "(EXTRACT(EPOCH FROM kafka_ts) * 1000 + EXTRACT(MILLISECOND FROM kafka_ts))"
+JSON_TS = "TRY_CAST(JSON_VALUE(CAST(`v` AS STRING), '$.ts') AS BIGINT)"
+
+
+def create_raw_source(t_env: Any, settings: Settings, name: str, topic: str,
+                      group_id: str) -> None:
+    """A table of the topic's records as raw bytes with their Kafka coordinates.
+
+    A consumer group without committed offsets starts at `kafka.starting_offsets`;
+    after a restart from a checkpoint the offsets come from the checkpoint.
+
+    Watermarks are made here, per partition, from a JVM-side look at each record's time
+    (`est_time`): the integer `ts` of a JSON record (no Python involved), else the Kafka
+    record timestamp (Avro records, ISO-8601 `ts`). They trail the highest time seen by
+    the watermark delay plus the allowed lateness; see the module docstring.
+    """
+    delay_ms = settings.events.watermark_delay_ms + settings.events.allowed_lateness_ms
+    max_future = settings.events.max_future_ms
+    t_env.execute_sql(f"""
+        CREATE TEMPORARY TABLE {q(name)} (
+          `k` BYTES,
+          `v` BYTES,
+          `src_topic` STRING METADATA FROM 'topic' VIRTUAL,
+          `src_partition` INT METADATA FROM 'partition' VIRTUAL,
+          `src_offset` BIGINT METADATA FROM 'offset' VIRTUAL,
+          `kafka_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
+          `kafka_ms` AS {KAFKA_MS},
+          `est_time` AS TO_TIMESTAMP_LTZ(CASE
+             WHEN {JSON_TS} BETWEEN 0 AND {KAFKA_MS} + {max_future} THEN {JSON_TS}
+             ELSE {KAFKA_MS} END, 3),
+          WATERMARK FOR `est_time` AS `est_time` - {sql_interval(delay_ms)}
+        ) WITH (
+          {kafka_options(settings, topic)},
+          'properties.group.id' = '{group_id}',
+          'properties.auto.offset.reset' = '{settings.kafka.starting_offsets}',
+          'properties.partition.discovery.interval.ms' = '60000',
+          'scan.startup.mode' = 'group-offsets',
+          'key.format' = 'raw', 'key.fields' = 'k',
+          'value.format' = 'raw', 'value.fields-include' = 'EXCEPT_KEY'
+        )""")
+
+
+def create_dlq_sink(t_env: Any, settings: Settings, name: str = "dlq") -> None:
+    """The dead-letter topic: original key and value, reason and source in headers."""
+    t_env.execute_sql(f"""
+        CREATE TEMPORARY TABLE {q(name)} (
+          `k` BYTES,
+          `v` BYTES,
+          `headers` MAP<STRING, BYTES> METADATA
+        ) WITH (
+          {kafka_options(settings, settings.topics.dlq)},
+          'key.format' = 'raw', 'key.fields' = 'k',
+          'value.format' = 'raw', 'value.fields-include' = 'EXCEPT_KEY',
+          'sink.delivery-guarantee' = 'at-least-once'
+        )""")
+
+
+def _dlq_select(view: str, error_sql: str) -> str:
+    def b(expr: str) -> str:
+        return f"CAST({expr} AS BYTES)"
+
+    return f"""
+        SELECT `k`, `v`, MAP[
+          'error', {b(error_sql)},
+          'source.topic', {b('src_topic')},
+          'source.partition', {b('CAST(src_partition AS STRING)')},
+          'source.offset', {b('CAST(src_offset AS STRING)')}] AS `headers`
+        FROM {q(view)}"""
+
+
+def read_events(t_env: Any, settings: Settings, statements: Any, group_id: str,
+                topic: str | None = None, prefix: str = "") -> Any:
+    """Build the source stage; return the table of valid, on-time, unique events.
+
+    `statements` is the job's StatementSet: the two DLQ inserts are added to it.
+    The result is also registered as the view `<prefix>events`.
+    """
+    from pyflink.table import Schema
+
+    topic = topic or settings.topics.events
+    raw, parsed, unique = f"{prefix}events_raw", f"{prefix}events_parsed", f"{prefix}unique"
+    dlq = f"{prefix}dlq"
+    create_raw_source(t_env, settings, raw, topic, group_id)
+    create_dlq_sink(t_env, settings, dlq)
+    t_env.create_temporary_function(f"{prefix}parse_event", _parse_event_function(settings))
+
+    fields = ", ".join(f"e.{q(f)}" for f in EVENT_FIELDS)
+    decoded = t_env.sql_query(f"""
+        SELECT r.`k`, r.`v`, r.src_topic, r.src_partition, r.src_offset, {fields}, e.`error`,
+               r.est_time
+        FROM {q(raw)} AS r,
+        LATERAL TABLE({prefix}parse_event(r.`v`, r.kafka_ms))
+          AS e({', '.join(q(f) for f in (*EVENT_FIELDS, 'error'))})""")
+    # A DataStream boundary: the DLQ insert and the main pipeline are planned separately,
+    # and without it each would read the topic and run the Python parser again.
+    t_env.create_temporary_view(parsed, t_env.from_data_stream(
+        t_env.to_data_stream(decoded),
+        Schema.new_builder()
+        .watermark("est_time", "SOURCE_WATERMARK()")
+        .column_by_expression("proc", "PROCTIME()").build()))
+    statements.add_insert_sql(
+        f"INSERT INTO {q(dlq)} {_dlq_select(parsed, 'error')} WHERE `error` IS NOT NULL")
+
+    # Keep the first record of each (user_id, event_id); the state expires after the
+    # de-duplication horizon (table.exec.state.ttl), which bounds it in time and memory.
+    t_env.get_config().set("table.exec.state.ttl", f"{settings.events.dedup_horizon_ms} ms")
+    keep = ", ".join(q(c) for c in (*SOURCE_COLUMNS, *EVENT_FIELDS))
+    first = t_env.sql_query(f"""
+        SELECT {keep} FROM (
+          SELECT *, ROW_NUMBER() OVER (
+            PARTITION BY user_id, event_id ORDER BY proc ASC) AS rn
+          FROM {q(parsed)} WHERE `error` IS NULL)
+        WHERE rn = 1""")
+
+    # The event's own ts becomes its time attribute; the watermarks are the source's.
+    timed = t_env.from_data_stream(
+        t_env.to_data_stream(first),
+        Schema.new_builder()
+        .column_by_expression("rowtime", "TO_TIMESTAMP_LTZ(ts, 3)")
+        .watermark("rowtime", "SOURCE_WATERMARK()")
+        .build())
+    t_env.create_temporary_view(unique, timed)
+    late = "rowtime < CURRENT_WATERMARK(rowtime)"
+    statements.add_insert_sql(
+        f"INSERT INTO {q(dlq)} {_dlq_select(unique, quote_literal('late'))} WHERE {late}")
+    events = t_env.sql_query(f"""
+        SELECT {', '.join(q(f) for f in EVENT_FIELDS)}, rowtime FROM {q(unique)}
+        WHERE CURRENT_WATERMARK(rowtime) IS NULL OR NOT ({late})""")
+    t_env.create_temporary_view(f"{prefix}events", events)
+    return events
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def sql_interval(ms: int) -> str:
+    """A Flink SQL interval literal of `ms` milliseconds (below 100 days)."""
+    if not 0 <= ms < 100 * 86_400_000:
+        raise ValueError(f"interval of {ms} ms is outside what Flink SQL literals take")
+    seconds, millis = divmod(ms, 1000)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"INTERVAL '{days} {hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}' DAY TO SECOND(3)"

@@ -1,0 +1,183 @@
+"""The triggers job: cart, checkout and browse abandonment and high intent, per user in
+event time, each firing written exactly once to the notifications topic.
+
+    events ─► source stage (jobs/source.py: decode, validate, DLQ, de-duplicate, event time)
+       │
+       ├─ OVER per user, ordered by ts ─► cart activity, consent, session starts ─┐
+       ├─ SESSION window per user ──────► sessions with ≥ N views, no cart ───────┤ signals
+       ├─ MATCH_RECOGNIZE per user ─────► search → view → add_to_cart ────────────┤
+       ▼                                                                           ▼
+                        TriggerFunction (Python, keyed by user): cart + checkout timers,
+                        browse evaluation, once-per-session, frequency cap, consent
+                                               │
+                                               ▼
+                        notifications (Kafka transactions, exactly once, key = user_id)
+
+Flink SQL carries the volume — every event passes the JVM operators only — and hands
+Python the few rows that need logic: cart activity, consent changes, session starts and
+candidate firings (see docs/design.md for the measurements behind this split). The rules
+themselves live in ``udfs/`` (cart.py, browse.py, high_intent.py, gate.py).
+
+    python -m jobs.triggers              # local minicluster, until Ctrl-C
+    flink run -py jobs/triggers.py -pyfs config,jobs,udfs,schemas   # a cluster
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `flink run -py jobs/triggers.py` runs this file as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from config.settings import Settings  # noqa: E402
+from jobs.runtime import run_job  # noqa: E402
+from jobs.source import kafka_options, read_events, sql_interval  # noqa: E402
+
+JOB_NAME = "nudge-triggers"
+CART_TYPES = ("add_to_cart", "remove_from_cart", "checkout_started", "purchase")
+
+# One row type for everything the trigger function receives ("signals"):
+#   kind     'event' (cart activity, consent, session start; from the ordered stream),
+#            'browse' (a finished session that may fire browse_abandoned),
+#            'high_intent' (a matched search → view → add_to_cart)
+SIGNAL_COLUMNS = (
+    "user_id STRING", "kind STRING", "ts BIGINT", "event_type STRING", "product_id STRING",
+    "quantity INT", "price DOUBLE", "currency STRING", "new_session BOOLEAN",
+    "consent_marketing BOOLEAN", "consent_personalization BOOLEAN", "aux BIGINT",
+    "query STRING", "views STRING",
+)
+
+
+def _signal(**given: str) -> str:
+    """A SELECT list in SIGNAL_COLUMNS order; columns not given are typed NULLs."""
+    parts = []
+    for column in SIGNAL_COLUMNS:
+        name, sql_type = column.split(" ")
+        parts.append(f"{given[name]} AS `{name}`" if name in given
+                     else f"CAST(NULL AS {sql_type}) AS `{name}`")
+    return ", ".join(parts)
+
+
+def ordered_signals(t_env: Any, settings: Settings) -> Any:
+    """Each user's events in ts order (an OVER window sorts them in the JVM), reduced to
+    the ones Python needs: cart activity, stated consent and the first event of a session."""
+    gap = settings.triggers.session_gap_ms
+    t_env.create_temporary_view("ordered", t_env.sql_query(f"""
+        SELECT *, (n = 1 OR ts - prev_ts >= {gap}) AS new_session FROM (
+          SELECT *, MIN(ts) OVER w AS prev_ts, COUNT(*) OVER w AS n FROM events
+          WINDOW w AS (PARTITION BY user_id ORDER BY rowtime
+                       ROWS BETWEEN 1 PRECEDING AND CURRENT ROW))"""))
+    cart = ", ".join(f"'{t}'" for t in CART_TYPES)
+    return t_env.sql_query(f"""
+        SELECT {_signal(user_id='user_id', kind="'event'", ts='ts', event_type='event_type',
+                        product_id='product_id', quantity='quantity', price='price',
+                        currency='currency', new_session='new_session',
+                        consent_marketing='consent_marketing',
+                        consent_personalization='consent_personalization')}
+        FROM ordered
+        WHERE event_type IN ({cart}) OR new_session OR consent_marketing IS NOT NULL""")
+
+
+def browse_candidates(t_env: Any, settings: Settings) -> Any:
+    """One row per finished session with enough categorised product views and no
+    add_to_cart; Python picks the category and builds the payload (udfs/browse.py)."""
+    tr = settings.triggers
+    viewed = "event_type = 'product_view' AND category IS NOT NULL AND category <> ''"
+    return t_env.sql_query(f"""
+        SELECT {_signal(user_id='user_id', kind="'browse'", ts='session_start',
+                        aux='last_ts', views="CONCAT('[', `views`, ']')")}
+        FROM (
+          SELECT user_id, MIN(ts) AS session_start, MAX(ts) AS last_ts,
+                 LISTAGG(JSON_ARRAY(ts, category, product_id NULL ON NULL))
+                   FILTER (WHERE {viewed}) AS `views`
+          FROM TABLE(SESSION(TABLE events PARTITION BY user_id, DESCRIPTOR(rowtime),
+                             {sql_interval(tr.session_gap_ms)}))
+          GROUP BY user_id, window_start, window_end
+          HAVING COUNT(*) FILTER (WHERE event_type = 'add_to_cart') = 0
+             AND COUNT(*) FILTER (WHERE {viewed}) >= {tr.browse_min_views})""")
+
+
+def high_intent_candidates(t_env: Any, settings: Settings) -> Any:
+    """search → product_view → add_to_cart within the window, found by MATCH_RECOGNIZE.
+
+    Greedy, mutually exclusive steps keep the pattern deterministic (no branching):
+    S is a search with no later search before the first view P after it; A is the first
+    add_to_cart after P. Python keeps it to once per session (udfs/high_intent.py).
+    """
+    within = settings.triggers.high_intent_within_ms
+    return t_env.sql_query(f"""
+        SELECT {_signal(user_id='user_id', kind="'high_intent'", ts='add_ts',
+                        aux='search_ts', query='search_query', product_id='add_product')}
+        FROM events MATCH_RECOGNIZE (
+          PARTITION BY user_id ORDER BY rowtime
+          MEASURES S.ts AS search_ts, S.query AS search_query,
+                   A.ts AS add_ts, A.product_id AS add_product
+          ONE ROW PER MATCH
+          AFTER MATCH SKIP TO NEXT ROW
+          PATTERN (S Z1* P Z2* A) WITHIN {sql_interval(within + 1)}
+          DEFINE S AS S.event_type = 'search',
+                 Z1 AS Z1.event_type NOT IN ('search', 'product_view'),
+                 P AS P.event_type = 'product_view',
+                 Z2 AS Z2.event_type <> 'add_to_cart',
+                 A AS A.event_type = 'add_to_cart' AND A.ts - S.ts <= {within})""")
+
+
+def create_notifications_sink(t_env: Any, settings: Settings) -> None:
+    """The notifications topic, written with Kafka transactions (exactly once)."""
+    t_env.execute_sql(f"""
+        CREATE TEMPORARY TABLE notifications_sink (
+          `user_id` STRING,
+          `notification` BYTES
+        ) WITH (
+          {kafka_options(settings, settings.topics.notifications)},
+          'key.format' = 'raw', 'key.fields' = 'user_id',
+          'value.format' = 'raw', 'value.fields-include' = 'EXCEPT_KEY',
+          'sink.delivery-guarantee' = 'exactly-once',
+          'sink.transactional-id-prefix' = '{JOB_NAME}-{settings.topics.notifications}',
+          'properties.transaction.timeout.ms' = '{settings.kafka.transaction_timeout_ms}'
+        )""")
+
+
+def detect_triggers(t_env: Any, settings: Settings) -> Any:
+    """All signals → the keyed trigger function → (user_id, notification bytes)."""
+    from pyflink.common import Types
+
+    from jobs.functions import TriggerFunction
+
+    signals = (ordered_signals(t_env, settings)
+               .union_all(browse_candidates(t_env, settings))
+               .union_all(high_intent_candidates(t_env, settings)))
+    stream = t_env.to_data_stream(signals)
+    return (stream
+            .key_by(lambda row: row[0], key_type=Types.STRING())
+            .process(TriggerFunction(settings),
+                     output_type=Types.ROW_NAMED(["user_id", "notification"],
+                                                 [Types.STRING(),
+                                                  Types.PRIMITIVE_ARRAY(Types.BYTE())]))
+            .name("triggers: cart, checkout, browse, high intent → cap, consent")
+            .uid("trigger-function"))
+
+
+def write_notifications(t_env: Any, settings: Settings, statements: Any, stream: Any) -> None:
+    create_notifications_sink(t_env, settings)
+    statements.add_insert("notifications_sink", t_env.from_data_stream(stream))
+
+
+def build(env: Any, t_env: Any, settings: Settings, topic: str | None = None) -> None:
+    statements = t_env.create_statement_set()
+    read_events(t_env, settings, statements, group_id=f"{settings.kafka.group_id}-triggers",
+                topic=topic)
+    notifications = detect_triggers(t_env, settings)
+    write_notifications(t_env, settings, statements, notifications)
+    statements.attach_as_datastream()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_job(JOB_NAME, build, argv, __doc__.split("\n\n")[0])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
