@@ -36,6 +36,7 @@ import base64
 import heapq
 import itertools
 import json
+import os
 import random
 import struct
 import sys
@@ -470,8 +471,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="size of the user pool (default: count / 20)")
     parser.add_argument("--start-ms", type=int, default=None,
                         help="time of the first session (default: one day ago)")
-    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
-    parser.add_argument("--topic", default="events")
+    parser.add_argument("--bootstrap", default=None,
+                        help="Kafka bootstrap servers (default: setting kafka.bootstrap)")
+    parser.add_argument("--topic", default=None,
+                        help="topic to produce to (default: setting topics.events)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print records as JSON lines instead of producing")
     args = parser.parse_args(argv)
@@ -487,6 +490,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
     args = parse_args(argv)
+    if args.bootstrap is None or args.topic is None:
+        from config.settings import SettingsError, load_settings
+
+        try:
+            settings = load_settings(environ=os.environ)
+        except SettingsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        args.bootstrap = args.bootstrap or settings.kafka.bootstrap
+        args.topic = args.topic or settings.topics.events
     now_ms = time.time_ns() // 1_000_000
     start_ms = args.start_ms if args.start_ms is not None else (now_ms - DAY) // MINUTE * MINUTE
     users = args.users if args.users is not None else max(1, args.count // 20)

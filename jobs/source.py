@@ -114,7 +114,7 @@ JSON_TS = "TRY_CAST(JSON_VALUE(CAST(`v` AS STRING), '$.ts') AS BIGINT)"
 
 
 def create_raw_source(t_env: Any, settings: Settings, name: str, topic: str,
-                      group_id: str) -> None:
+                      group_id: str, bounded: bool = False) -> None:
     """A table of the topic's records as raw bytes with their Kafka coordinates.
 
     A consumer group without committed offsets starts at `kafka.starting_offsets`;
@@ -127,6 +127,8 @@ def create_raw_source(t_env: Any, settings: Settings, name: str, topic: str,
     """
     delay_ms = settings.events.watermark_delay_ms + settings.events.allowed_lateness_ms
     max_future = settings.events.max_future_ms
+    # Bounded: stop at the offsets that are the latest at start-up (tests, benchmarks).
+    bounded_option = "\n          'scan.bounded.mode' = 'latest-offset'," if bounded else ""
     t_env.execute_sql(f"""
         CREATE TEMPORARY TABLE {q(name)} (
           `k` BYTES,
@@ -145,7 +147,7 @@ def create_raw_source(t_env: Any, settings: Settings, name: str, topic: str,
           'properties.group.id' = '{group_id}',
           'properties.auto.offset.reset' = '{settings.kafka.starting_offsets}',
           'properties.partition.discovery.interval.ms' = '60000',
-          'scan.startup.mode' = 'group-offsets',
+          'scan.startup.mode' = 'group-offsets',{bounded_option}
           'key.format' = 'raw', 'key.fields' = 'k',
           'value.format' = 'raw', 'value.fields-include' = 'EXCEPT_KEY'
         )""")
@@ -180,7 +182,7 @@ def _dlq_select(view: str, error_sql: str) -> str:
 
 
 def read_events(t_env: Any, settings: Settings, statements: Any, group_id: str,
-                topic: str | None = None, prefix: str = "") -> Any:
+                topic: str | None = None, prefix: str = "", bounded: bool = False) -> Any:
     """Build the source stage; return the table of valid, on-time, unique events.
 
     `statements` is the job's StatementSet: the two DLQ inserts are added to it.
@@ -191,7 +193,7 @@ def read_events(t_env: Any, settings: Settings, statements: Any, group_id: str,
     topic = topic or settings.topics.events
     raw, parsed, unique = f"{prefix}events_raw", f"{prefix}events_parsed", f"{prefix}unique"
     dlq = f"{prefix}dlq"
-    create_raw_source(t_env, settings, raw, topic, group_id)
+    create_raw_source(t_env, settings, raw, topic, group_id, bounded)
     create_dlq_sink(t_env, settings, dlq)
     t_env.create_temporary_function(f"{prefix}parse_event", _parse_event_function(settings))
 
@@ -253,4 +255,5 @@ def sql_interval(ms: int) -> str:
     minutes, seconds = divmod(seconds, 60)
     hours, minutes = divmod(minutes, 60)
     days, hours = divmod(hours, 24)
-    return f"INTERVAL '{days} {hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}' DAY TO SECOND(3)"
+    text = f"{days} {hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}"
+    return f"INTERVAL '{text}' DAY TO SECOND(3)"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -374,10 +375,8 @@ def ensure_topics() -> None:
         missing = [NewTopic(name, partitions, 1)
                    for name, partitions in contract_topics().items() if name not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
             print("kafka: created topics " + ", ".join(t.name for t in missing))
     finally:
         admin.close()

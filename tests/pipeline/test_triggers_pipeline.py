@@ -1,0 +1,133 @@
+"""The trigger pipeline (everything after the source stage) on a local minicluster, at
+parallelism 1 and 2, with out-of-order input: it must give the firings of the sorted
+stream.
+
+Timeline (minutes after T0; + add_to_cart, - remove, c checkout, $ purchase,
+v product_view with category, s search, p page_view):
+
+    a   +x        +y                      ──► cart_abandoned @ 10 + 30 = 40
+        0         10
+    b   +x  c          +y                 ──► checkout_abandoned @ 2 + 15 = 17, fired
+        0   2          20                     before the later add (deadline passed);
+                                              then cart_abandoned @ 20 + 30 = 50
+    c   +x  -x                            ──► nothing (removed to zero)
+    d   v(k) v(k) v(m) v(m) v(m) ..........  v(k) v(k) v(k)   (second session)
+        0    1    2    3    4          60   61   62          ──► browse_abandoned m @ 34,
+                                              browse_abandoned k @ 92 is capped (24 h)
+    e   s  v  +x (12 min after s)         ──► no high_intent (too slow); cart_abandoned @ 42
+        0  5  12
+    f   s  v  +x   s  v  +x               ──► high_intent @ 3 only (once per session)
+        0  2  3    5  6  7                    and cart_abandoned @ 37
+    g   +x (consent marketing false) ..  p (consent true)  +y   ──► cart_abandoned @ 50 only
+        0                                10                20
+    h   +x $                              ──► nothing (purchase empties the cart)
+        0  1
+
+The input is shuffled by up to 50 s of event time (within the allowed lateness).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from config.settings import load_settings
+from jobs.source import EVENT_COLUMNS, EVENT_FIELDS, sql_interval
+
+T0 = 1_767_225_600_000
+M = 60_000
+
+
+def e(user: str, minute: float, event_type: str, **fields: object) -> dict:
+    return {"user_id": user, "ts": T0 + int(minute * M), "event_type": event_type, **fields}
+
+
+def trace() -> list[dict]:
+    no, yes = ({"consent_marketing": v, "consent_personalization": True}
+               for v in (False, True))
+    events = [
+        e("a", 0, "add_to_cart", product_id="x", price=2.0),
+        e("a", 10, "add_to_cart", product_id="y", price=3.0),
+        e("b", 0, "add_to_cart", product_id="x", price=1.0),
+        e("b", 2, "checkout_started"),
+        e("b", 20, "add_to_cart", product_id="y", price=1.0),
+        e("c", 0, "add_to_cart", product_id="x"),
+        e("c", 1, "remove_from_cart", product_id="x"),
+        *(e("d", m, "product_view", product_id=f"p{m}", category=c)
+          for m, c in ((0, "k"), (1, "k"), (2, "m"), (3, "m"), (4, "m"),
+                       (60, "k"), (61, "k"), (62, "k"))),
+        e("e", 0, "search", query="lamp"),
+        e("e", 5, "product_view", product_id="x", category="home"),
+        e("e", 12, "add_to_cart", product_id="x"),
+        e("f", 0, "search", query="tea"),
+        e("f", 2, "product_view", product_id="x"),
+        e("f", 3, "add_to_cart", product_id="x"),
+        e("f", 5, "search", query="cups"),
+        e("f", 6, "product_view", product_id="y"),
+        e("f", 7, "add_to_cart", product_id="y"),
+        e("g", 0, "add_to_cart", product_id="x", **no),
+        e("g", 10, "page_view", **yes),
+        e("g", 20, "add_to_cart", product_id="y"),
+        e("h", 0, "add_to_cart", product_id="x"),
+        e("h", 1, "purchase", order_id="o1", order_total=9.0),
+    ]
+    for i, event in enumerate(events):
+        event.setdefault("event_id", f"{event['user_id']}-{i}")
+    events.sort(key=lambda ev: ev["ts"])
+    rng = random.Random(3)
+    jitter = [(ev["ts"] + rng.randint(-50_000, 50_000), i) for i, ev in enumerate(events)]
+    return [events[i] for _, i in sorted(jitter)]
+
+
+EXPECTED = sorted([
+    ("cart_abandoned", "a", T0 + 40 * M),
+    ("checkout_abandoned", "b", T0 + 17 * M),
+    ("cart_abandoned", "b", T0 + 50 * M),
+    ("browse_abandoned", "d", T0 + 34 * M),
+    ("cart_abandoned", "e", T0 + 42 * M),
+    ("high_intent", "f", T0 + 3 * M),
+    ("cart_abandoned", "f", T0 + 37 * M),
+    ("cart_abandoned", "g", T0 + 50 * M),
+])
+
+
+def run_pipeline(parallelism: int, events: list[dict]) -> list[dict]:
+    from pyflink.common import Row, Types
+    from pyflink.table import Schema
+
+    from jobs.runtime import create_environments
+    from jobs.triggers import detect_triggers
+
+    settings = load_settings("local", {"NUDGE_FLINK__PARALLELISM": str(parallelism)})
+    env, t_env = create_environments(settings)
+    types = {"STRING": Types.STRING(), "BIGINT": Types.LONG(), "DOUBLE": Types.DOUBLE(),
+             "INT": Types.INT(), "BOOLEAN": Types.BOOLEAN()}
+    row_type = Types.ROW_NAMED(list(EVENT_FIELDS), [types[t] for _, t in EVENT_COLUMNS])
+    defaults = {"quantity": 1, "currency": "EUR"}
+    rows = [Row(*(ev.get(f, defaults.get(f)) for f in EVENT_FIELDS)) for ev in events]
+    delay = settings.events.watermark_delay_ms + settings.events.allowed_lateness_ms
+    table = t_env.from_data_stream(
+        env.from_collection(rows, type_info=row_type),
+        Schema.new_builder()
+        .column_by_expression("rowtime", "TO_TIMESTAMP_LTZ(ts, 3)")
+        .watermark("rowtime", f"rowtime - {sql_interval(delay)}")
+        .build())
+    t_env.create_temporary_view("events", table)
+    with detect_triggers(t_env, settings).execute_and_collect() as results:
+        return [json.loads(bytes(row[1])) for row in results]
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_out_of_order_input_gives_the_firings_of_the_sorted_stream(parallelism: int) -> None:
+    notifications = run_pipeline(parallelism, trace())
+    got = sorted((n["trigger"], n["user_id"], n["fired_at"]) for n in notifications)
+    assert got == EXPECTED
+    payloads = {(n["trigger"], n["user_id"]): n["payload"] for n in notifications}
+    assert payloads[("browse_abandoned", "d")]["category"] == "m"
+    assert payloads[("browse_abandoned", "d")]["product_ids"] == ["p2", "p3", "p4"]
+    assert payloads[("high_intent", "f")] == {"query": "tea", "product_id": "x"}
+    assert payloads[("cart_abandoned", "a")]["cart_value"] == 5.0
+    assert payloads[("checkout_abandoned", "b")]["items"] == [
+        {"product_id": "x", "quantity": 1, "price": 1.0}]
