@@ -88,7 +88,8 @@ def test_source_stage_normalizes_valid_events_and_dead_letters_the_rest(
         generated_records(5, 15, start, fmt="mixed", malformed_ratio=0.2), 400))
     producer = KafkaProducer(bootstrap_servers=stack["bootstrap"], acks="all")
     for record in generated:
-        producer.send(events_topic, key=record.key, value=record.value)
+        producer.send(events_topic, key=record.key, value=record.value,
+                      timestamp_ms=record.ts_ms)
     producer.flush()
     producer.close()
     bad = [r for r in generated if r.malformed]

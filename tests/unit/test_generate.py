@@ -368,11 +368,13 @@ class FakeProducer:
     def __init__(self, **config) -> None:
         self.config = config
         self.sent: list[tuple[str, bytes | None, bytes]] = []
+        self.timestamps: list[int | None] = []
         self.flushed = self.closed = False
         FakeProducer.instances.append(self)
 
-    def send(self, topic, value=None, key=None):
+    def send(self, topic, value=None, key=None, timestamp_ms=None):
         self.sent.append((topic, key, value))
+        self.timestamps.append(timestamp_ms)
         failing = self.fail_every and len(self.sent) % self.fail_every == 0
         return FakeFuture(RuntimeError("broker said no") if failing else None)
 
@@ -407,6 +409,10 @@ def test_main_produces_keyed_records_with_acks_all(fake_kafka, capsys):
     assert producer.config["linger_ms"] > 0
     expected = list(islice(records(4, 2, START, fmt="avro"), 50))  # users = count // 20
     assert producer.sent == [("t1", key, value) for key, value in expected]
+    # the Kafka timestamp is the event's time
+    stamped = list(islice(generated_records(4, 2, START, fmt="avro"), 50))
+    assert producer.timestamps == [r.ts_ms for r in stamped]
+    assert all(START <= ts < START + 86_400_000 for ts in producer.timestamps)
     assert producer.flushed and producer.closed
     out = capsys.readouterr().out
     assert out.startswith("count=50 ") and f"bytes={sum(len(v) for _, v in expected)} " in out
