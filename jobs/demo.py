@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from config.settings import ROOT, Settings, SettingsError, load_settings
 
