@@ -195,6 +195,9 @@ def read_events(t_env: Any, settings: Settings, statements: Any, group_id: str,
     dlq = f"{prefix}dlq"
     create_raw_source(t_env, settings, raw, topic, group_id, bounded)
     create_dlq_sink(t_env, settings, dlq)
+    # Late events go to the same topic through a sink of their own, so that its
+    # numRecordsOut on the dashboard is the count of late events.
+    create_dlq_sink(t_env, settings, f"{dlq}_late")
     t_env.create_temporary_function(f"{prefix}parse_event", _parse_event_function(settings))
 
     fields = ", ".join(f"e.{q(f)}" for f in EVENT_FIELDS)
@@ -235,7 +238,8 @@ def read_events(t_env: Any, settings: Settings, statements: Any, group_id: str,
     t_env.create_temporary_view(unique, timed)
     late = "rowtime < CURRENT_WATERMARK(rowtime)"
     statements.add_insert_sql(
-        f"INSERT INTO {q(dlq)} {_dlq_select(unique, quote_literal('late'))} WHERE {late}")
+        f"INSERT INTO {q(dlq + '_late')} {_dlq_select(unique, quote_literal('late'))} "
+        f"WHERE {late}")
     events = t_env.sql_query(f"""
         SELECT {', '.join(q(f) for f in EVENT_FIELDS)}, rowtime FROM {q(unique)}
         WHERE CURRENT_WATERMARK(rowtime) IS NULL OR NOT ({late})""")

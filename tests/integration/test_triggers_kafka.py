@@ -21,7 +21,8 @@ $ purchase, v product_view, s search):
     u-dup       +p1 +p1 (same event_id)          ──► cart_abandoned @ 30 with quantity 1
     u-gone      +p1 -p1                          ──► nothing (removed to zero)
 
-A page_view at T0 + 5 h on every partition then moves the watermark past all deadlines.
+A page_view at T0 + 5 h on every partition then moves the watermark past all deadlines;
+an add_to_cart at T0 + 1 min sent after that is late: it goes to the DLQ, fires nothing.
 """
 
 from __future__ import annotations
@@ -185,9 +186,19 @@ def test_scripted_trace_gives_exactly_the_expected_notifications(
         "session_end": T0 + 3 * M}
     assert by_id[("high_intent", "u-intent")] == {"query": "red shoes", "product_id": "p9"}
 
-    dlq = consume(stack["bootstrap"], job_topics["dlq"], 2, timeout_s=60)
+    # The watermark now stands at T0 + 5 h - 70 s: an add_to_cart at T0 + 1 min is late.
+    late = ev("u-late", 1, "add_to_cart", 1, product_id="p1")
+    producer = KafkaProducer(bootstrap_servers=stack["bootstrap"], acks="all")
+    producer.send(job_topics["events"], key=b"u-late", value=json.dumps(late).encode())
+    producer.close()
+
+    dlq = consume(stack["bootstrap"], job_topics["dlq"], 3, timeout_s=60)
     errors = sorted(dict(r.headers)["error"].decode() for r in dlq)
-    assert errors == ["invalid_json", "missing:user_id"]
+    assert errors == ["invalid_json", "late", "missing:user_id"]
+    assert [json.loads(r.value) for r in dlq if dict(r.headers)["error"] == b"late"] == [late]
+    again = consume(stack["bootstrap"], job_topics["notifications"], len(EXPECTED) + 1,
+                    timeout_s=8, isolation_level="read_committed")
+    assert len(again) == len(EXPECTED), "the late event must not fire anything"
     for r in dlq:
         headers = dict(r.headers)
         assert headers["source.topic"].decode() == job_topics["events"]
