@@ -135,6 +135,31 @@ class TriggerSettings:
 
 
 @dataclass(frozen=True)
+class ProfileSettings:
+    short_window_ms: int
+    short_slide_ms: int
+    long_window_ms: int
+    long_slide_ms: int
+    new_visitor_ms: int
+    high_value_revenue: float
+    cart_abandoner_ms: int
+    engaged_views_1h: int
+    redis_max_wait_ms: int
+
+    def check(self) -> None:
+        for size, slide in (("short_window_ms", "short_slide_ms"),
+                            ("long_window_ms", "long_slide_ms")):
+            _require(getattr(self, slide) > 0, f"profiles.{slide}", "must be positive")
+            _require(getattr(self, size) > 0 and getattr(self, size) % getattr(self, slide) == 0,
+                     f"profiles.{size}", f"must be a positive multiple of profiles.{slide}")
+        for name in ("new_visitor_ms", "cart_abandoner_ms", "engaged_views_1h",
+                     "redis_max_wait_ms"):
+            _require(getattr(self, name) > 0, f"profiles.{name}", "must be positive")
+        _require(self.high_value_revenue >= 0, "profiles.high_value_revenue",
+                 "must not be negative")
+
+
+@dataclass(frozen=True)
 class FlinkSettings:
     parallelism: int
     checkpoint_interval_ms: int
@@ -173,6 +198,7 @@ class Settings:
     formats: FormatSettings
     events: EventSettings
     triggers: TriggerSettings
+    profiles: ProfileSettings
     flink: FlinkSettings
 
     def check(self) -> None:
@@ -182,6 +208,9 @@ class Settings:
                 section.check()
         _require(self.kafka.transaction_timeout_ms > self.flink.checkpoint_interval_ms,
                  "kafka.transaction_timeout_ms", "must exceed flink.checkpoint_interval_ms")
+        _require(self.events.dedup_horizon_ms >= self.triggers.session_gap_ms,
+                 "events.dedup_horizon_ms", "must be at least triggers.session_gap_ms (the "
+                 "SQL state TTL also bounds the session-start detection)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -300,6 +329,10 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         if path.endswith("_ms") and isinstance(value, str):
             return _duration_ms(value, path)
         raise SettingsError(f"setting {path}: must be an integer, not {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise SettingsError(f"setting {path}: must be a number, not {value!r}")
     if hint is str:
         if isinstance(value, str):
             return value

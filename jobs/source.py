@@ -182,10 +182,14 @@ def _dlq_select(view: str, error_sql: str) -> str:
 
 
 def read_events(t_env: Any, settings: Settings, statements: Any, group_id: str,
-                topic: str | None = None, prefix: str = "", bounded: bool = False) -> Any:
+                topic: str | None = None, prefix: str = "", bounded: bool = False,
+                dead_letters: bool = True) -> Any:
     """Build the source stage; return the table of valid, on-time, unique events.
 
-    `statements` is the job's StatementSet: the two DLQ inserts are added to it.
+    `statements` is the job's StatementSet: the two DLQ inserts are added to it. Both
+    jobs read the same topic; only one of them (the triggers job) should dead-letter
+    what it rejects, or every bad record would land on the DLQ twice: the other passes
+    `dead_letters=False` and only counts its rejections.
     The result is also registered as the view `<prefix>events`.
     """
     from pyflink.table import Schema
@@ -194,10 +198,11 @@ def read_events(t_env: Any, settings: Settings, statements: Any, group_id: str,
     raw, parsed, unique = f"{prefix}events_raw", f"{prefix}events_parsed", f"{prefix}unique"
     dlq = f"{prefix}dlq"
     create_raw_source(t_env, settings, raw, topic, group_id, bounded)
-    create_dlq_sink(t_env, settings, dlq)
-    # Late events go to the same topic through a sink of their own, so that its
-    # numRecordsOut on the dashboard is the count of late events.
-    create_dlq_sink(t_env, settings, f"{dlq}_late")
+    if dead_letters:
+        create_dlq_sink(t_env, settings, dlq)
+        # Late events go to the same topic through a sink of their own, so that its
+        # numRecordsOut on the dashboard is the count of late events.
+        create_dlq_sink(t_env, settings, f"{dlq}_late")
     t_env.create_temporary_function(f"{prefix}parse_event", _parse_event_function(settings))
 
     fields = ", ".join(f"e.{q(f)}" for f in EVENT_FIELDS)
@@ -214,8 +219,9 @@ def read_events(t_env: Any, settings: Settings, statements: Any, group_id: str,
         Schema.new_builder()
         .watermark("est_time", "SOURCE_WATERMARK()")
         .column_by_expression("proc", "PROCTIME()").build()))
-    statements.add_insert_sql(
-        f"INSERT INTO {q(dlq)} {_dlq_select(parsed, 'error')} WHERE `error` IS NOT NULL")
+    if dead_letters:
+        statements.add_insert_sql(
+            f"INSERT INTO {q(dlq)} {_dlq_select(parsed, 'error')} WHERE `error` IS NOT NULL")
 
     # Keep the first record of each (user_id, event_id); the state expires after the
     # de-duplication horizon (table.exec.state.ttl), which bounds it in time and memory.
@@ -237,9 +243,10 @@ def read_events(t_env: Any, settings: Settings, statements: Any, group_id: str,
         .build())
     t_env.create_temporary_view(unique, timed)
     late = "rowtime < CURRENT_WATERMARK(rowtime)"
-    statements.add_insert_sql(
-        f"INSERT INTO {q(dlq + '_late')} {_dlq_select(unique, quote_literal('late'))} "
-        f"WHERE {late}")
+    if dead_letters:
+        statements.add_insert_sql(
+            f"INSERT INTO {q(dlq + '_late')} {_dlq_select(unique, quote_literal('late'))} "
+            f"WHERE {late}")
     events = t_env.sql_query(f"""
         SELECT {', '.join(q(f) for f in EVENT_FIELDS)}, rowtime FROM {q(unique)}
         WHERE CURRENT_WATERMARK(rowtime) IS NULL OR NOT ({late})""")

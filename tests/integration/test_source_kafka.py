@@ -83,7 +83,8 @@ def test_source_stage_normalizes_valid_events_and_dead_letters_the_rest(
 
     events_topic, dlq_topic = topic_factory("events", 2), topic_factory("dlq", 1)
     out_topic = topic_factory("out", 1)
-    start = (int(time.time() * 1000) - 3_600_000) // 60_000 * 60_000
+    # a day back: the broker refuses record timestamps more than 1 h ahead of its clock
+    start = (int(time.time() * 1000) - 86_400_000) // 60_000 * 60_000
     generated = list(itertools.islice(
         generated_records(5, 15, start, fmt="mixed", malformed_ratio=0.2), 400))
     producer = KafkaProducer(bootstrap_servers=stack["bootstrap"], acks="all")

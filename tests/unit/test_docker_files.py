@@ -1,0 +1,585 @@
+"""docker/: the Dockerfile and compose.yaml agree with the repository and its settings.
+
+No Docker engine is needed: compose.yaml is read with PyYAML and the Dockerfile with the
+small line parser below. What is checked: the services exist, images are pinned,
+addresses, topics and NUDGE_* variables match ``config/`` (docker environment), the
+paths the commands use exist in the repository, and the Flink, PyFlink and connector
+versions agree with ``requirements.txt``, ``constraints.txt``, ``pyproject.toml`` and
+``pom.xml``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import tomllib
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+from packaging.specifiers import SpecifierSet
+
+from config.settings import ENVIRONMENTS, SettingsError, load_settings
+from scripts import stack
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+COMPOSE = ROOT / "docker" / "compose.yaml"
+README = ROOT / "docker" / "README.md"
+IMAGE_HOME = PurePosixPath("/opt/nudge")  # the repository root inside the image
+VENV_PYTHON = "/opt/nudge/.venv/bin/python"
+
+REQUIRED_SERVICES = ("kafka", "redis", "jobmanager", "taskmanager", "topics",
+                     "submit-triggers", "generator")
+NUDGE_SERVICES = ("jobmanager", "taskmanager", "submit-triggers", "generator")
+ONE_SHOTS = ("topics", "submit-triggers", "generator")
+
+
+# --- Dockerfile parsing -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Instruction:
+    line: int  # where the instruction starts (1-based)
+    keyword: str  # upper case: FROM, RUN, COPY, ...
+    args: str  # everything after the keyword, continuation lines joined
+
+
+def parse_dockerfile(text: str) -> list[Instruction]:
+    """Instructions of a Dockerfile: `\\` at a line's end continues it on the next line;
+    comment lines (also between continued lines) and blank lines are skipped."""
+    instructions: list[Instruction] = []
+    parts: list[str] = []
+    start = 0
+    for number, raw in enumerate(text.splitlines(), 1):
+        stripped = raw.strip()
+        if stripped.startswith("#") or not stripped:
+            continue
+        if not parts:
+            start = number
+        line = raw.rstrip()
+        if line.endswith("\\"):
+            parts.append(line[:-1])
+            continue
+        parts.append(line)
+        keyword, _, args = "".join(parts).strip().partition(" ")
+        instructions.append(Instruction(start, keyword.upper(), args.strip()))
+        parts = []
+    if parts:
+        raise ValueError(f"line {start}: continuation runs past the end of the file")
+    return instructions
+
+
+def substitute(text: str, variables: Mapping[str, str]) -> str:
+    """Replace ${NAME} and $NAME of the known variables, leaving the others."""
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        return variables.get(name, match.group(0))
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, text)
+
+
+@dataclass(frozen=True)
+class Stage:
+    image: str
+    name: str | None
+    instructions: tuple[Instruction, ...]
+
+
+@dataclass(frozen=True)
+class Dockerfile:
+    global_args: dict[str, str]
+    stages: tuple[Stage, ...]
+
+    def all(self, keyword: str) -> Iterator[Instruction]:
+        for stage in self.stages:
+            yield from (i for i in stage.instructions if i.keyword == keyword)
+
+
+def read_dockerfile(text: str) -> Dockerfile:
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    current: list[Instruction] = []
+    head: tuple[str, str | None] | None = None
+    for ins in parse_dockerfile(text):
+        if ins.keyword == "FROM":
+            if head is not None:
+                stages.append(Stage(head[0], head[1], tuple(current)))
+            tokens = [t for t in ins.args.split() if not t.startswith("--platform=")]
+            image = substitute(tokens[0], global_args)
+            name = tokens[2] if len(tokens) == 3 and tokens[1].lower() == "as" else None
+            head, current = (image, name), []
+        elif head is None:
+            assert ins.keyword == "ARG", f"line {ins.line}: only ARG may precede FROM"
+            name, _, default = ins.args.partition("=")
+            global_args[name.strip()] = default.strip()
+        else:
+            current.append(ins)
+    assert head is not None, "no FROM"
+    stages.append(Stage(head[0], head[1], tuple(current)))
+    return Dockerfile(global_args, tuple(stages))
+
+
+def copy_parts(ins: Instruction) -> tuple[dict[str, str], list[str], str]:
+    """(flags, sources, destination) of a COPY or ADD."""
+    args = ins.args
+    tokens = json.loads(args) if args.startswith("[") else args.split()
+    flags = {}
+    while tokens and tokens[0].startswith("--"):
+        key, _, value = tokens.pop(0)[2:].partition("=")
+        flags[key] = value
+    assert len(tokens) >= 2, f"line {ins.line}: COPY needs a source and a destination"
+    return flags, tokens[:-1], tokens[-1]
+
+
+def is_pinned(image: str) -> bool:
+    """`name:tag` with a tag that names a version, not `latest` (a digest pins too)."""
+    if "@sha256:" in image:
+        return True
+    name, _, tag = image.rpartition(":")
+    return bool(name) and "/" not in tag and tag != "latest" and bool(re.search(r"\d", tag))
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> Dockerfile:
+    return read_dockerfile(DOCKERFILE.read_text(encoding="utf-8"))
+
+
+def final_stage(dockerfile: Dockerfile) -> Stage:
+    return dockerfile.stages[-1]
+
+
+# --- compose.yaml helpers -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict) and isinstance(data.get("services"), dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def docker_settings() -> Any:
+    return load_settings("docker", {})
+
+
+def environment(service: Mapping[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else shlex.split(str(value))
+
+
+def argv(service: Mapping[str, Any]) -> list[str]:
+    return as_list(service.get("entrypoint")) + as_list(service.get("command"))
+
+
+def script_lines(service: Mapping[str, Any]) -> list[list[str]]:
+    """The commands a service runs, split into words: each line of a shell script given
+    as one argument (`sh -ec SCRIPT`), else the entrypoint + command itself."""
+    words = argv(service)
+    scripts = [w for w in words if "\n" in w]
+    if not scripts:
+        return [words]
+    return [shlex.split(line) for script in scripts for line in script.splitlines()
+            if line.strip()]
+
+
+def health_words(service: Mapping[str, Any]) -> list[str]:
+    test = (service.get("healthcheck") or {}).get("test") or []
+    if isinstance(test, str):
+        return shlex.split(test)
+    return shlex.split(test[1]) if test and test[0] == "CMD-SHELL" else list(test[1:])
+
+
+def option(words: list[str], name: str) -> str:
+    assert name in words, f"{name} missing in {' '.join(words)}"
+    index = words.index(name)
+    assert index + 1 < len(words), f"{name} has no value in {' '.join(words)}"
+    return words[index + 1]
+
+
+def container_ports(service: Mapping[str, Any]) -> set[int]:
+    """Container side of each published port ("127.0.0.1:8081:8081" -> 8081)."""
+    ports = set()
+    for entry in service.get("ports") or []:
+        target = entry["target"] if isinstance(entry, dict) else str(entry).rsplit(":", 1)[-1]
+        ports.add(int(str(target).split("/")[0]))
+    return ports
+
+
+def flink_properties(service: Mapping[str, Any]) -> dict[str, str]:
+    props = {}
+    for line in environment(service).get("FLINK_PROPERTIES", "").splitlines():
+        if line.strip():
+            key, _, value = line.partition(":")
+            props[key.strip()] = value.strip()
+    return props
+
+
+def in_repo(path: str) -> Path:
+    """The repository path of a path under /opt/nudge in the image."""
+    relative = PurePosixPath(path).relative_to(IMAGE_HOME)
+    return ROOT.joinpath(*relative.parts)
+
+
+def unknown_nudge_vars(env: Mapping[str, str]) -> list[str]:
+    """The NUDGE_* variables of `env` that are no setting (or have a bad value)."""
+    problems = []
+    base = {"NUDGE_ENV": env.get("NUDGE_ENV", "docker")}
+    for key, value in env.items():
+        if not key.startswith("NUDGE_"):
+            continue
+        if key == "NUDGE_ENV":
+            if value not in ENVIRONMENTS:
+                problems.append(f"{key}={value}: not one of {ENVIRONMENTS}")
+            continue
+        if "__" not in key:  # load_settings would silently ignore it
+            problems.append(f"{key}: not of the form NUDGE_SECTION__NAME")
+            continue
+        try:
+            load_settings(environ={**base, key: value})
+        except SettingsError as exc:
+            problems.append(f"{key}: {exc}")
+    return problems
+
+
+# --- the Dockerfile ---------------------------------------------------------------------
+
+def test_parser_joins_continuations_and_skips_comments() -> None:
+    text = ("# a comment\nARG V=1\n\nFROM base:${V} AS one\nRUN a \\\n# inside\n"
+            "    && b \\\n    && c\nCOPY --from=one /x /y\n")
+    df = read_dockerfile(text)
+    assert df.global_args == {"V": "1"}
+    assert [(s.image, s.name) for s in df.stages] == [("base:1", "one")]
+    run, copy = df.stages[0].instructions
+    assert (run.keyword, run.line) == ("RUN", 5)
+    assert run.args.split() == ["a", "&&", "b", "&&", "c"]
+    assert copy_parts(copy) == ({"from": "one"}, ["/x"], "/y")
+    with pytest.raises(ValueError):
+        parse_dockerfile("RUN a \\\n")
+
+
+def test_dockerfile_bases_are_pinned(dockerfile: Dockerfile) -> None:
+    names: set[str] = set()
+    for stage in dockerfile.stages:
+        assert "$" not in stage.image, f"unresolved variable in FROM {stage.image}"
+        assert stage.image in names or is_pinned(stage.image), f"FROM {stage.image} unpinned"
+        if stage.name:
+            names.add(stage.name)
+    images = [s.image for s in dockerfile.stages]
+    assert "maven:3.9-eclipse-temurin-17" in images
+    assert re.fullmatch(r"flink:\d+\.\d+\.\d+-scala_2\.12-java17", final_stage(dockerfile).image)
+
+
+def test_dockerfile_copy_sources_exist(dockerfile: Dockerfile) -> None:
+    stage_names = {s.name for s in dockerfile.stages if s.name}
+    copied = 0
+    for stage in dockerfile.stages:
+        for ins in stage.instructions:
+            if ins.keyword not in ("COPY", "ADD"):
+                continue
+            flags, sources, _ = copy_parts(ins)
+            if "from" in flags:
+                assert flags["from"] in stage_names, f"line {ins.line}: unknown stage"
+                continue
+            for source in sources:
+                assert (ROOT / source).exists(), f"line {ins.line}: {source} not in the repo"
+                copied += 1
+    assert copied >= 7  # pom.xml, requirements, constraints, pyproject and four folders
+
+
+def test_dockerfile_installs_the_code_into_opt_nudge(dockerfile: Dockerfile) -> None:
+    destinations = {}
+    for ins in final_stage(dockerfile).instructions:
+        if ins.keyword == "COPY":
+            flags, sources, dest = copy_parts(ins)
+            if "from" not in flags:
+                for source in sources:
+                    destinations[source.rstrip("/")] = dest
+    for name in ("config", "jobs", "udfs", "schemas", "pyproject.toml"):
+        assert name in destinations, f"{name} is not copied into the image"
+        dest = PurePosixPath(destinations[name])
+        assert dest in (IMAGE_HOME, IMAGE_HOME / name), f"{name} goes to {dest}"
+    assert {"requirements.txt", "constraints.txt"} <= destinations.keys()
+
+
+def test_dockerfile_builds_the_venv_and_points_flink_at_it(dockerfile: Dockerfile) -> None:
+    runs = [i.args for i in final_stage(dockerfile).instructions if i.keyword == "RUN"]
+    assert any("-m venv /opt/nudge/.venv" in r for r in runs)
+    assert any(re.search(r"/opt/nudge/\.venv/bin/pip install -r requirements\.txt "
+                         r"-c constraints\.txt", r) for r in runs)
+    config = [r for r in runs if "config-parser-utils.sh" in r]
+    assert len(config) == 1
+    for key in ("python.executable", "python.client.executable"):
+        assert f"-D{key}={VENV_PYTHON}" in config[0], f"{key} is not the venv's python"
+    envs = " ".join(i.args for i in final_stage(dockerfile).instructions if i.keyword == "ENV")
+    assert re.search(r"\bNUDGE_ENV=docker\b", envs)
+    users = [i.args for i in final_stage(dockerfile).instructions if i.keyword == "USER"]
+    assert users and users[-1] == "flink", "the image must not end up running as root"
+
+
+def test_dockerfile_python_is_the_projects(dockerfile: Dockerfile) -> None:
+    """The interpreter copied into the image is the version pyproject.toml allows."""
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    python_images = [s.image for s in dockerfile.stages if s.image.startswith("python:")]
+    assert len(python_images) == 1
+    version = re.match(r"python:(\d+\.\d+)-", python_images[0])
+    assert version, python_images[0]
+    assert SpecifierSet(requires["requires-python"]).contains(f"{version.group(1)}.0")
+    copies = [copy_parts(i) for i in final_stage(dockerfile).instructions
+              if i.keyword == "COPY" and "--from=" in i.args]
+    assert any(dest == f"/usr/local/bin/python{version.group(1)}" for _, _, dest in copies)
+
+
+def test_connector_version_matches_pom(dockerfile: Dockerfile) -> None:
+    pom = ET.parse(ROOT / "pom.xml").getroot()
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    version = pom.findtext("m:properties/m:flink.kafka.connector.version", namespaces=ns)
+    assert version
+    assert dockerfile.global_args.get("FLINK_KAFKA_CONNECTOR_VERSION") == version
+    jar = f"flink-sql-connector-kafka-{version}.jar"
+    into_lib = []
+    for ins in final_stage(dockerfile).instructions:
+        if ins.keyword == "COPY":
+            flags, sources, dest = copy_parts(ins)
+            sources = [substitute(s, dockerfile.global_args) for s in sources]
+            if any(PurePosixPath(s).name == jar for s in sources):
+                into_lib.append((flags.get("from"), dest))
+    assert into_lib == [("jars", "/opt/flink/lib/")]
+    jar_stage = next(s for s in dockerfile.stages if s.name == "jars")
+    assert any(i.keyword == "RUN" and "mvn -q -B package" in i.args
+               for i in jar_stage.instructions)
+    # The local stack fetches the same jar; docker adds none to the job (it is in lib/).
+    base = yaml.safe_load((ROOT / "config" / "base.yaml").read_text())
+    assert [PurePosixPath(j).name for j in base["flink"]["jars"]] == [jar]
+    assert load_settings("docker", {}).flink.jars == ()
+
+
+def pinned(path: Path, package: str) -> str | None:
+    for line in path.read_text().splitlines():
+        name, sep, version = line.split("#")[0].strip().partition("==")
+        if sep and name.strip().lower() == package:
+            return version.strip()
+    return None
+
+
+def test_flink_versions_agree(dockerfile: Dockerfile) -> None:
+    flink = dockerfile.global_args.get("FLINK_VERSION")
+    assert flink == "2.2.1"
+    assert final_stage(dockerfile).image.startswith(f"flink:{flink}-")
+    assert pinned(ROOT / "requirements.txt", "apache-flink") == flink
+    assert pinned(ROOT / "constraints.txt", "apache-flink") == flink
+    assert pinned(ROOT / "constraints.txt", "apache-flink-libraries") == flink
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"apache-flink=={flink}" in deps
+    # ... and the build stops if the installed PyFlink is another version.
+    assert any("pyflink.version" in i.args and "${FLINK_VERSION}" in i.args
+               for i in dockerfile.all("RUN"))
+
+
+# --- compose.yaml -------------------------------------------------------------------------
+
+def test_required_services_exist(services: dict[str, Any]) -> None:
+    missing = [name for name in REQUIRED_SERVICES if name not in services]
+    assert not missing, f"services missing from compose.yaml: {missing}"
+
+
+def test_images_are_pinned(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        image = service.get("image")
+        assert image, f"{name}: no image (give built services an image name too)"
+        assert is_pinned(image), f"{name}: image {image} is not pinned"
+    assert services["kafka"]["image"] == "apache/kafka:4.1.1"
+    assert services["topics"]["image"] == services["kafka"]["image"]
+    assert services["redis"]["image"].split(":")[0] == "redis"
+    assert services["redis"]["image"].split(":")[1].split(".")[0] == "7"
+
+
+def test_nudge_services_are_built_from_the_dockerfile(services: dict[str, Any],
+                                                      dockerfile: Dockerfile) -> None:
+    images = set()
+    for name in NUDGE_SERVICES:
+        build = services[name].get("build")
+        assert isinstance(build, dict), f"{name}: not built from docker/Dockerfile"
+        context = (COMPOSE.parent / build["context"]).resolve()
+        assert context == ROOT, f"{name}: build context {context} is not the repository"
+        assert (context / build["dockerfile"]).resolve() == DOCKERFILE
+        images.add(services[name]["image"])
+    assert len(images) == 1, f"one image for all nudge services, not {images}"
+    assert images.pop().endswith(":" + dockerfile.global_args["FLINK_VERSION"])
+
+
+def test_kafka_address_matches_settings(services: dict[str, Any], docker_settings: Any) -> None:
+    bootstrap = docker_settings.kafka.bootstrap
+    host, _, port = bootstrap.rpartition(":")
+    assert host in services and services[host]["image"].startswith("apache/kafka:")
+    env = environment(services[host])
+    advertised = dict(item.split("://") for item in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    listeners = dict(item.split("://") for item in env["KAFKA_LISTENERS"].split(","))
+    names = [n for n, address in advertised.items() if address == bootstrap]
+    assert names, f"no listener is advertised as {bootstrap}"
+    assert listeners[names[0]].rpartition(":")[2] == port
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == names[0]
+    # Everything in compose that talks to Kafka uses that address.
+    used = 0
+    for name, service in services.items():
+        for words in [*script_lines(service), health_words(service)]:
+            for flag in ("--bootstrap-server", "--bootstrap"):
+                if flag in words:
+                    assert option(words, flag) == bootstrap, f"{name}: {' '.join(words)}"
+                    used += 1
+    assert used >= 7  # five topics, the listing, the health check, the generator
+
+
+def test_redis_address_matches_settings(services: dict[str, Any], docker_settings: Any) -> None:
+    url = urlparse(docker_settings.redis.url)
+    assert url.hostname in services, f"no service {url.hostname} for redis.url"
+    redis = services[url.hostname]
+    assert redis["image"].startswith("redis:")
+    words = argv(redis)
+    port = int(option(words, "--port")) if "--port" in words else 6379
+    assert port == (url.port or 6379)
+    assert port in container_ports(redis)
+    assert option(health_words(redis), "-p") == str(port)
+
+
+def test_nudge_env_vars_are_settings(services: dict[str, Any], dockerfile: Dockerfile) -> None:
+    assert unknown_nudge_vars({"NUDGE_KAFKA__NO_SUCH_THING": "x"}), "the check cannot fail"
+    found = {}
+    for name, service in services.items():
+        env = environment(service)
+        assert not unknown_nudge_vars(env), f"{name}: {unknown_nudge_vars(env)}"
+        found.update({k: v for k, v in env.items() if k.startswith("NUDGE_")})
+    for name in NUDGE_SERVICES:
+        assert environment(services[name]).get("NUDGE_ENV") == "docker", name
+    image_env: dict[str, str] = {}
+    for ins in final_stage(dockerfile).instructions:
+        if ins.keyword == "ENV":
+            image_env.update(dict(w.split("=", 1) for w in shlex.split(ins.args)))
+    assert image_env.get("NUDGE_ENV") == "docker"
+    assert not unknown_nudge_vars(image_env), unknown_nudge_vars(image_env)
+    assert found.get("NUDGE_ENV") == "docker"
+
+
+def test_topics_match_settings(services: dict[str, Any], docker_settings: Any,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    created = {}
+    for words in script_lines(services["topics"]):
+        if "--create" in words:
+            assert words[0] == "/opt/kafka/bin/kafka-topics.sh"
+            assert "--if-not-exists" in words
+            assert option(words, "--replication-factor") == "1"
+            created[option(words, "--topic")] = int(option(words, "--partitions"))
+    topics = docker_settings.topics
+    assert set(created) == {topics.events, topics.notifications, topics.dlq,
+                            topics.privacy, topics.audit}
+    for key in [k for k in os.environ if k.startswith("NUDGE_")]:
+        monkeypatch.delenv(key)
+    assert created == stack.contract_topics()  # the same partitions as the local stack
+
+
+def test_flink_cluster_config(services: dict[str, Any]) -> None:
+    jm, tm = services["jobmanager"], services["taskmanager"]
+    assert argv(jm) == ["jobmanager"] and argv(tm) == ["taskmanager"]
+    props = flink_properties(tm)
+    assert props == flink_properties(jm), "job and task manager configurations differ"
+    assert props["jobmanager.rpc.address"] in services
+    assert props["jobmanager.rpc.address"] == "jobmanager"
+    assert int(props["taskmanager.numberOfTaskSlots"]) == stack.FLINK_SLOTS
+    for key, value in props.items():  # the image's entrypoint deletes all whitespace
+        assert not re.search(r"\s", key + value), f"whitespace in {key}: {value}"
+    assert stack.FLINK_REST_PORT in container_ports(jm)
+    checkpoints = PurePosixPath(urlparse(props["execution.checkpointing.dir"]).path)
+    for service in (jm, tm):
+        mounts = [str(v).split(":")[1] for v in service.get("volumes") or []]
+        assert str(checkpoints) in mounts, "checkpoints must be on a volume both can reach"
+
+
+def test_submit_command(services: dict[str, Any]) -> None:
+    submit = services["submit-triggers"]
+    runs = [w for w in script_lines(submit) if w[:2] == ["flink", "run"]]
+    assert len(runs) == 1, "one `flink run` in submit-triggers"
+    words = runs[0]
+    assert "-d" in words
+    host, _, port = option(words, "-m").partition(":")
+    assert host == "jobmanager" and int(port) in container_ports(services[host])
+    script = option(words, "-py")
+    assert in_repo(script).is_file(), f"{script} is not a file of the repository"
+    assert script == "/opt/nudge/jobs/triggers.py"
+    dirs = option(words, "-pyfs").split(",")
+    assert {PurePosixPath(d).name for d in dirs} == {"config", "jobs", "udfs", "schemas"}
+    for d in dirs:
+        assert in_repo(d).is_dir(), f"{d} is not a folder of the repository"
+    job_name = re.search(r'^JOB_NAME = "([^"]+)"', (ROOT / "jobs" / "triggers.py").read_text(),
+                         re.M)
+    assert job_name and f"{job_name.group(1)} (RUNNING)" in " ".join(argv(submit))
+    needs = submit["depends_on"]
+    assert needs["jobmanager"]["condition"] == "service_healthy"
+    assert needs["topics"]["condition"] == "service_completed_successfully"
+
+
+def test_generator_command(services: dict[str, Any], docker_settings: Any) -> None:
+    gen = services["generator"]
+    words = argv(gen)
+    assert words[0] == VENV_PYTHON
+    assert gen["working_dir"] == str(IMAGE_HOME)
+    assert option(words, "-m") == "jobs.generate"
+    assert (ROOT / "jobs" / "generate.py").is_file()
+    assert option(words, "--bootstrap") == docker_settings.kafka.bootstrap
+    assert (option(words, "--count"), option(words, "--rate")) == ("100000", "2000")
+
+
+def test_dependencies_and_health_checks(services: dict[str, Any]) -> None:
+    for name in ("kafka", "redis", "jobmanager"):
+        test = (services[name].get("healthcheck") or {}).get("test")
+        assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name}: no health check"
+    for name in ONE_SHOTS:
+        assert services[name].get("restart") == "no", f"{name} is a one-shot"
+    conditions = {"service_started", "service_healthy", "service_completed_successfully"}
+    graph: dict[str, set[str]] = {}
+    for name, service in services.items():
+        needs = service.get("depends_on") or {}
+        assert isinstance(needs, dict), f"{name}: give depends_on with conditions"
+        graph[name] = set(needs)
+        for other, spec in needs.items():
+            assert other in services, f"{name} depends on unknown {other}"
+            assert spec["condition"] in conditions
+            if spec["condition"] == "service_healthy":
+                assert services[other].get("healthcheck"), f"{other} has no health check"
+            if spec["condition"] == "service_completed_successfully":
+                assert other in ONE_SHOTS, f"{other} never completes"
+
+    def visit(node: str, path: tuple[str, ...]) -> None:
+        assert node not in path, f"dependency cycle: {' -> '.join(path + (node,))}"
+        for nxt in graph[node]:
+            visit(nxt, path + (node,))
+
+    for node in graph:
+        visit(node, ())
+    assert services["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+def test_readme_names_the_command_and_ports() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert "docker compose -f docker/compose.yaml up --build" in text
+    for port in ("8081", "9094", "6379"):
+        assert port in text
+    assert "tests/unit/test_docker_files.py" in text

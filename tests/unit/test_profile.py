@@ -1,0 +1,146 @@
+"""udfs/profile.py: windows as sums of one-minute slices, decay to 0, lifetime figures,
+segments. Times are minutes after T0 unless said otherwise."""
+
+from __future__ import annotations
+
+from udfs.profile import (
+    ProfileRules,
+    ProfileState,
+    Slice,
+    WindowSpec,
+    add_slice,
+    next_timer,
+    on_cart_abandoned,
+    on_window_end,
+    segments,
+    window,
+)
+
+T0 = 1_767_225_600_000
+M = 60_000
+H = 60 * M
+RULES = ProfileRules()
+
+
+def sl(minute: int, events: int = 1, *, pv: int = 0, carts: int = 0, purchases: int = 0,
+       revenue: float = 0.0, views: tuple[tuple[int, str], ...] = ()) -> Slice:
+    start = T0 + minute * M
+    return Slice(start, events, pv, carts, purchases, revenue, start + 1000, start + 59_000,
+                 tuple((start + s * 1000, c) for s, c in views))
+
+
+def state_of(*slices: Slice) -> ProfileState:
+    state = ProfileState()
+    for piece in slices:
+        state = add_slice(state, piece, RULES)
+    return state
+
+
+def test_slice_length_is_the_gcd_of_sizes_and_slides() -> None:
+    assert RULES.slice_ms == M
+    odd = ProfileRules(short=WindowSpec("10m", 10 * M, 2 * M),
+                       long=WindowSpec("1h", H, 15 * M))
+    assert odd.slice_ms == M
+    assert ProfileRules(short=WindowSpec("10m", 10 * M, 10 * M),
+                        long=WindowSpec("1h", H, 20 * M)).slice_ms == 10 * M
+
+
+def test_window_ends_containing_a_time() -> None:
+    # ts = 0:30 (30 s) is in the 10m/1m windows ending 1, 2, …, 10 min
+    assert list(RULES.short.ends_containing(T0 + 30_000)) == [T0 + m * M for m in range(1, 11)]
+    # and in the 1h/5m windows ending 5, 10, …, 60 min
+    assert list(RULES.long.ends_containing(T0 + 30_000)) == [T0 + m * M
+                                                             for m in range(5, 61, 5)]
+
+
+# slices:  |0: 2 ev, 1 view shoes|   |3: 1 ev, 2 views hats|   |12: 1 purchase 40.5|
+#          0                          3                          12
+# window ending 10 holds slices 0 and 3; ending 13 holds 3 and 12; ending 14 holds 12 only
+def test_window_sums_its_slices() -> None:
+    state = state_of(sl(0, 2, pv=1, views=((5, "shoes"),)),
+                     sl(3, 1, pv=2, views=((1, "hats"), (2, "hats"))),
+                     sl(12, 1, purchases=1, revenue=40.5))
+    w10 = window(state, RULES.short, T0 + 10 * M)
+    assert (w10.views, w10.product_views, w10.purchases, w10.top_category) == (3, 3, 0, "hats")
+    w13 = window(state, RULES.short, T0 + 13 * M)
+    assert (w13.views, w13.purchases, w13.revenue) == (2, 1, 40.5)
+    w14 = window(state, RULES.short, T0 + 14 * M)
+    assert (w14.views, w14.product_views, w14.top_category) == (1, 0, "")
+    w60 = window(state, RULES.long, T0 + 60 * M)
+    assert (w60.views, w60.revenue, w60.top_category) == (4, 40.5, "hats")
+
+
+# a tie: shoes viewed first (0:05), hats at 0:10 — both twice → shoes
+def test_top_category_ties_go_to_the_first_viewed() -> None:
+    state = state_of(sl(0, 4, pv=4, views=((5, "shoes"), (10, "hats"), (20, "hats"),
+                                           (30, "shoes"))))
+    assert window(state, RULES.short, T0 + 5 * M).top_category == "shoes"
+
+
+# activity in minute 0 only:
+#   10m windows ending 1..10 hold it → written; ending 11 is empty → 0s written once; then no
+#   more 10m timers. 1h windows ending 5..60 hold it; ending 65 → 0s once.
+def test_windows_decay_to_zero_once_and_then_stop() -> None:
+    state = state_of(sl(0, 3))
+    writes: list[tuple[int, str, int]] = []
+    timer = next_timer(state, RULES, after=T0)
+    while timer is not None:
+        state, write = on_window_end(state, RULES, timer)
+        if write is not None:
+            writes += [((timer - T0) // M, suffix, f.views) for suffix, f in write.windows]
+        timer = next_timer(state, RULES, after=timer)
+    short = [(m, v) for m, s, v in writes if s == "10m"]
+    long = [(m, v) for m, s, v in writes if s == "1h"]
+    assert short == [(m, 3) for m in range(1, 11)] + [(11, 0)]
+    assert long == [(m, 3) for m in range(5, 61, 5)] + [(65, 0)]
+
+
+def test_lifetime_counts_each_slice_once() -> None:
+    state = state_of(sl(0, 2), sl(7, 1, purchases=1, revenue=10.0))
+    again = add_slice(state, sl(7, 1, purchases=1, revenue=10.0), RULES)  # a replay
+    for s in (state, again):
+        life = s.lifetime
+        assert (life.events_total, life.orders_total, life.revenue_total) == (3, 1, 10.0)
+        assert (life.first_seen, life.last_seen) == (T0 + 1000, T0 + 7 * M + 59_000)
+
+
+def test_old_slices_are_pruned_after_the_longest_window() -> None:
+    state = state_of(sl(0), sl(70))
+    state, _ = on_window_end(state, RULES, T0 + 75 * M)
+    assert [s.start for s in state.slices] == [T0 + 70 * M]
+    assert state.lifetime.events_total == 2
+
+
+# segments at t:  new_visitor  first..last < 24 h;  high_value  revenue_total >= 500;
+#                 cart_abandoner  a firing in (t - 7 d, t];  engaged  views_1h >= 20
+def test_segments() -> None:
+    state = state_of(sl(0, 25, purchases=1, revenue=500.0))
+    state, _ = on_window_end(state, RULES, T0 + 5 * M)  # views_1h = 25
+    assert segments(state, RULES, T0 + 5 * M) == ["engaged", "high_value", "new_visitor"]
+    state = on_cart_abandoned(state, T0 + 2 * M)
+    assert "cart_abandoner" in segments(state, RULES, T0 + 5 * M)
+    assert "cart_abandoner" not in segments(state, RULES, T0 + 2 * M + 7 * 24 * H)
+    later = add_slice(state, sl(25 * 60, 1), RULES)  # seen again 25 h later
+    assert "new_visitor" not in segments(later, RULES, T0 + 25 * H)
+    poor = state_of(sl(0, 1, purchases=1, revenue=499.99))
+    assert "high_value" not in segments(poor, RULES, T0 + M)
+
+
+def test_write_carries_lifetime_segments_and_its_guards() -> None:
+    state = state_of(sl(0, 2, pv=2, views=((1, "a"), (2, "a"))))
+    state, write = on_window_end(state, RULES, T0 + 5 * M)
+    assert write is not None
+    assert [suffix for suffix, _ in write.windows] == ["10m", "1h"]  # 5 min ends both
+    assert write.guard_events_total == 2
+    assert write.lifetime["events_total"] == "2"
+    assert write.lifetime["segments"] == "new_visitor"
+    fields = dict(write.windows)["10m"].fields("10m")
+    assert fields == {"window_end_10m": str(T0 + 5 * M), "views_10m": "2",
+                      "product_views_10m": "2", "carts_10m": "0", "purchases_10m": "0",
+                      "revenue_10m": "0", "top_category_10m": "a"}
+
+
+def test_state_round_trips() -> None:
+    state = on_cart_abandoned(state_of(sl(0, 2, views=((1, "a"),)), sl(3)), T0)
+    state, _ = on_window_end(state, RULES, T0 + 5 * M)
+    assert ProfileState.from_state(state.to_state()) == state

@@ -1,0 +1,113 @@
+"""Writes ``profile:<user_id>`` hashes to Redis: idempotent, guarded, retried.
+
+Every write is one ``EVALSHA`` of ``GUARDED_WRITE``, which sets each part of the hash
+only when it is not older than what Redis holds:
+
+    part          guard field        written when
+    10m window    window_end_10m     new window_end_10m >= stored
+    1h window     window_end_1h      new window_end_1h  >= stored
+    lifetime      events_total       new events_total   >= stored   (+ segments)
+
+Values are absolute (never INCR), so writing the same thing twice — a replay after a
+failure — changes nothing, and an older write arriving late cannot replace a newer one.
+The key's TTL is refreshed on every write.
+
+Redis being slow or down is retried with exponential backoff up to ``max_wait_s``; then
+the error is raised, the job fails and restarts from its last checkpoint (nothing is
+dropped, and a checkpoint is never blocked for longer than ``max_wait_s``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from udfs.profile import ProfileWrite
+
+GUARDED_WRITE = """
+-- KEYS[1] profile key; ARGV[1] ttl ms; ARGV[2] number of parts; then per part:
+-- guard field, guard value, number of fields, field, value, field, value, ...
+local i = 3
+for _ = 1, tonumber(ARGV[2]) do
+  local guard, value, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local first = i + 3
+  i = first + 2 * n
+  local current = tonumber(redis.call('HGET', KEYS[1], guard))
+  if current == nil or current <= value then
+    redis.call('HSET', KEYS[1], guard, ARGV[first - 2], unpack(ARGV, first, i - 1))
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+def script_args(write: ProfileWrite, ttl_ms: int) -> list[str]:
+    """The ARGV of ``GUARDED_WRITE`` for one write."""
+    parts: list[tuple[str, int, dict[str, str]]] = []
+    for suffix, figures in write.windows:
+        fields = figures.fields(suffix)
+        guard = f"window_end_{suffix}"
+        parts.append((guard, figures.end, {k: v for k, v in fields.items() if k != guard}))
+    lifetime = {k: v for k, v in write.lifetime.items() if k != "events_total"}
+    parts.append(("events_total", write.guard_events_total, lifetime))
+    args = [str(ttl_ms), str(len(parts))]
+    for guard, value, fields in parts:
+        args += [guard, str(value), str(len(fields))]
+        for name, text in fields.items():
+            args += [name, text]
+    return args
+
+
+class ProfileStore:
+    """Profile writes and deletes against one Redis, with retries."""
+
+    def __init__(self, client: Any, key_prefix: str, ttl_ms: int, *, max_wait_s: float = 30.0,
+                 on_retry: Callable[[], None] = lambda: None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.client = client
+        self.key_prefix = key_prefix
+        self.ttl_ms = ttl_ms
+        self.max_wait_s = max_wait_s
+        self.on_retry = on_retry
+        self.sleep = sleep
+        self._sha: str | None = None
+
+    def key(self, user_id: str) -> str:
+        return f"{self.key_prefix}profile:{user_id}"
+
+    def write(self, user_id: str, write: ProfileWrite) -> None:
+        args = script_args(write, self.ttl_ms)
+        self._retry(lambda: self._eval(self.key(user_id), args))
+
+    def delete(self, user_id: str) -> int:
+        """Remove the user's profile; returns the number of keys deleted."""
+        return int(self._retry(lambda: self.client.delete(self.key(user_id))))
+
+    def _eval(self, key: str, args: list[str]) -> Any:
+        from redis.exceptions import NoScriptError
+
+        if self._sha is None:
+            self._sha = self.client.script_load(GUARDED_WRITE)
+        try:
+            return self.client.evalsha(self._sha, 1, key, *args)
+        except NoScriptError:  # Redis restarted and lost its script cache
+            self._sha = self.client.script_load(GUARDED_WRITE)
+            return self.client.evalsha(self._sha, 1, key, *args)
+
+    def _retry(self, call: Callable[[], Any]) -> Any:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        delay, waited = 0.05, 0.0
+        while True:
+            try:
+                return call()
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                if waited >= self.max_wait_s:
+                    raise
+                self.on_retry()
+                self.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 2.0)
