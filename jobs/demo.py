@@ -119,7 +119,7 @@ def print_profiles(settings: Settings, user_ids: list[str]) -> None:
         if shown == 3:
             break
     if not shown:
-        print("  (no profiles in Redis yet: the profiles job is not part of this build)")
+        print("  (none yet: profiles are written as the watermark passes each window end)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
