@@ -12,9 +12,10 @@ JARS_STAMP  := build/jars/.fetched
 # Demo knobs: `make demo EVENTS=20000`
 EVENTS ?= 5000
 SEED   ?= 7
+BENCH_EVENTS ?= 300000
 
 .PHONY: help setup jars lock up down ps logs topics clean test test-unit test-pipeline \
-        test-integration lint demo produce triggers profiles
+        test-integration lint demo produce triggers profiles bench
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -83,3 +84,6 @@ profiles: setup jars up ## Run the profiles job on a local minicluster until Ctr
 
 demo: setup jars up ## End to end: generate traffic, run the jobs, print what happened
 	$(PY) -m jobs.demo --events $(EVENTS) --seed $(SEED)
+
+bench: setup jars up ## Throughput of both jobs and a JVM-only reference (make bench BENCH_EVENTS=300000)
+	$(PY) scripts/bench.py --events $(BENCH_EVENTS)

@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for job in jobs:
             stop_job(job)
 
-    by_trigger = collections.Counter()
+    by_trigger: collections.Counter[str] = collections.Counter()
     users: list[str] = []
     for record in notifications:
         n = json.loads(record.value)

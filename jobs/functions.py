@@ -29,8 +29,6 @@ USER_ID, KIND, TS, EVENT_TYPE, PRODUCT_ID, QUANTITY, PRICE, CURRENCY, NEW_SESSIO
 
 # Queued items, applied in this order at equal ts: (rank, ts, tiebreak, item)
 CONSENT, SESSION_START, FIRING, HIGH_INTENT_MATCH = 0, 1, 2, 3
-# schemas/registry.json id of notification.v1.avsc, for formats.notifications = avro
-NOTIFICATION_SCHEMA_ID = 3
 
 
 def _pyflink_base() -> type:
@@ -194,16 +192,14 @@ class TriggerFunction(_pyflink_base()):  # type: ignore[misc]
     def _notification(self, firing: Any) -> Any:
         from pyflink.common import Row
 
-        from udfs.codecs import encode_avro
-        from udfs.notifications import build_notification, to_json_bytes
+        from udfs.notifications import build_notification, to_avro_bytes, to_json_bytes
 
         emitted_at = int(time.time() * 1000)
         self.last_latency = emitted_at - firing.fired_at
         self.latency.update(max(0, self.last_latency))
         record = build_notification(firing, emitted_at)
-        if self.avro:
-            value = encode_avro({**record, "payload": json.dumps(record["payload"])},
-                                NOTIFICATION_SCHEMA_ID, self.resolver)
+        if self.resolver is not None:
+            value = to_avro_bytes(record, self.resolver)
         else:
             value = to_json_bytes(record)
         return Row(firing.user_id, value)

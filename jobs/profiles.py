@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # `flink run -py jobs/profiles.py` runs this file
 
 from config.settings import Settings  # noqa: E402
 from jobs.runtime import run_job  # noqa: E402
-from jobs.source import kafka_options, read_events, sql_interval  # noqa: E402
+from jobs.source import kafka_options, read_events, select_as, sql_interval  # noqa: E402
 
 JOB_NAME = "nudge-profiles"
 
@@ -54,24 +54,16 @@ def profile_rules(settings: Settings) -> Any:
         cart_abandoner_ms=p.cart_abandoner_ms, engaged_views_1h=p.engaged_views_1h)
 
 
-def _signal(**given: str) -> str:
-    parts = []
-    for column in SIGNAL_COLUMNS:
-        name, sql_type = column.split(" ")
-        parts.append(f"{given[name]} AS `{name}`" if name in given
-                     else f"CAST(NULL AS {sql_type}) AS `{name}`")
-    return ", ".join(parts)
-
-
 def slices(t_env: Any, settings: Settings) -> Any:
     """One row per user and slice (1 min) with events: the counts every window sums."""
     slice_ms = profile_rules(settings).slice_ms
     viewed = "event_type = 'product_view' AND category IS NOT NULL AND category <> ''"
     return t_env.sql_query(f"""
-        SELECT {_signal(kind="'slice'", user_id='user_id', ts='first_ts', events='n',
-                        product_views='pv', carts='carts', purchases='purchases',
-                        revenue='revenue', first_ts='first_ts', last_ts='last_ts',
-                        views="CONCAT('[', `views`, ']')")}
+        SELECT {select_as(
+            SIGNAL_COLUMNS, kind="'slice'", user_id='user_id', ts='first_ts', events='n',
+            product_views='pv', carts='carts', purchases='purchases',
+            revenue='revenue', first_ts='first_ts', last_ts='last_ts',
+            views="CONCAT('[', `views`, ']')")}
         FROM (
           SELECT user_id, COUNT(*) AS n,
                  COUNT(*) FILTER (WHERE event_type = 'product_view') AS pv,
@@ -87,14 +79,16 @@ def slices(t_env: Any, settings: Settings) -> Any:
 
 def consent_changes(t_env: Any) -> Any:
     return t_env.sql_query(f"""
-        SELECT {_signal(kind="'consent'", user_id='user_id', ts='ts',
-                        personalization='consent_personalization')}
+        SELECT {select_as(
+            SIGNAL_COLUMNS, kind="'consent'", user_id='user_id', ts='ts',
+            personalization='consent_personalization')}
         FROM events WHERE consent_personalization IS NOT NULL""")
 
 
-def cart_abandonments(t_env: Any, settings: Settings) -> Any:
+def cart_abandonments(t_env: Any, settings: Settings, bounded: bool = False) -> Any:
     """cart_abandoned notifications, for the cart_abandoner segment (read_committed)."""
     delay = settings.events.watermark_delay_ms + settings.events.allowed_lateness_ms
+    bounded_option = "\n          'scan.bounded.mode' = 'latest-offset'," if bounded else ""
     t_env.execute_sql(f"""
         CREATE TEMPORARY TABLE notifications_in (
           `v` STRING,
@@ -109,22 +103,23 @@ def cart_abandonments(t_env: Any, settings: Settings) -> Any:
           'properties.group.id' = '{settings.kafka.group_id}-profiles-notifications',
           'properties.auto.offset.reset' = '{settings.kafka.starting_offsets}',
           'properties.isolation.level' = 'read_committed',
-          'scan.startup.mode' = 'group-offsets',
+          'scan.startup.mode' = 'group-offsets',{bounded_option}
           'format' = 'raw'
         )""")
     return t_env.sql_query(f"""
-        SELECT {_signal(kind="'cart_abandoned'", user_id='user_id', ts='fired_at')}
+        SELECT {select_as(
+            SIGNAL_COLUMNS, kind="'cart_abandoned'", user_id='user_id', ts='fired_at')}
         FROM notifications_in
         WHERE `trigger` = 'cart_abandoned' AND user_id IS NOT NULL AND fired_at IS NOT NULL""")
 
 
-def build_profiles(t_env: Any, settings: Settings) -> Any:
+def build_profiles(t_env: Any, settings: Settings, bounded: bool = False) -> Any:
     """slices + consent + cart abandonments → the keyed profile function (→ Redis)."""
     from pyflink.common import Types
 
     signals = (slices(t_env, settings)
                .union_all(consent_changes(t_env))
-               .union_all(cart_abandonments(t_env, settings)))
+               .union_all(cart_abandonments(t_env, settings, bounded)))
     return (t_env.to_data_stream(signals)
             .key_by(lambda row: row[USER_ID], key_type=Types.STRING())
             .process(ProfileFunction(settings), output_type=Types.STRING())
@@ -132,12 +127,15 @@ def build_profiles(t_env: Any, settings: Settings) -> Any:
             .uid("profile-function"))
 
 
-def build(env: Any, t_env: Any, settings: Settings, topic: str | None = None) -> None:
+def build(env: Any, t_env: Any, settings: Settings, topic: str | None = None,
+          bounded: bool = False) -> None:
+    """The job's pipeline; `topic` and `bounded` (stop at the offsets current at
+    start-up) are for tests and benchmarks."""
     statements = t_env.create_statement_set()
     # The triggers job dead-letters what the source stage rejects; this one only counts.
     read_events(t_env, settings, statements, group_id=f"{settings.kafka.group_id}-profiles",
-                topic=topic, dead_letters=False)
-    written = build_profiles(t_env, settings)
+                topic=topic, bounded=bounded, dead_letters=False)
+    written = build_profiles(t_env, settings, bounded)
     # The function writes to Redis itself; its output (one line per write) is discarded.
     written.sink_to(_discard()).name("discard").uid("profile-writes-discard")
     statements.attach_as_datastream()

@@ -254,6 +254,18 @@ def read_events(t_env: Any, settings: Settings, statements: Any, group_id: str,
     return events
 
 
+def select_as(columns: tuple[str, ...], **given: str) -> str:
+    """A SELECT list producing `columns` ("name TYPE" each) in order: the expressions
+    given by name, typed NULLs for the rest. Lets several queries share one row type,
+    so that their results can be unioned into one stream for a keyed Python function."""
+    parts = []
+    for column in columns:
+        name, sql_type = column.split(" ")
+        parts.append(f"{given[name]} AS {q(name)}" if name in given
+                     else f"CAST(NULL AS {sql_type}) AS {q(name)}")
+    return ", ".join(parts)
+
+
 def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 

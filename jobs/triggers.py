@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # `flink run -py jobs/triggers.py` runs this file
 
 from config.settings import Settings  # noqa: E402
 from jobs.runtime import run_job  # noqa: E402
-from jobs.source import kafka_options, read_events, sql_interval  # noqa: E402
+from jobs.source import kafka_options, read_events, select_as, sql_interval  # noqa: E402
 
 JOB_NAME = "nudge-triggers"
 CART_TYPES = ("add_to_cart", "remove_from_cart", "checkout_started", "purchase")
@@ -51,16 +51,6 @@ SIGNAL_COLUMNS = (
 )
 
 
-def _signal(**given: str) -> str:
-    """A SELECT list in SIGNAL_COLUMNS order; columns not given are typed NULLs."""
-    parts = []
-    for column in SIGNAL_COLUMNS:
-        name, sql_type = column.split(" ")
-        parts.append(f"{given[name]} AS `{name}`" if name in given
-                     else f"CAST(NULL AS {sql_type}) AS `{name}`")
-    return ", ".join(parts)
-
-
 def ordered_signals(t_env: Any, settings: Settings) -> Any:
     """Each user's events in ts order (an OVER window sorts them in the JVM), reduced to
     the ones Python needs: cart activity, stated consent and the first event of a session."""
@@ -72,11 +62,12 @@ def ordered_signals(t_env: Any, settings: Settings) -> Any:
                        ROWS BETWEEN 1 PRECEDING AND CURRENT ROW))"""))
     cart = ", ".join(f"'{t}'" for t in CART_TYPES)
     return t_env.sql_query(f"""
-        SELECT {_signal(user_id='user_id', kind="'event'", ts='ts', event_type='event_type',
-                        product_id='product_id', quantity='quantity', price='price',
-                        currency='currency', new_session='new_session',
-                        consent_marketing='consent_marketing',
-                        consent_personalization='consent_personalization')}
+        SELECT {select_as(
+            SIGNAL_COLUMNS, user_id='user_id', kind="'event'", ts='ts', event_type='event_type',
+            product_id='product_id', quantity='quantity', price='price',
+            currency='currency', new_session='new_session',
+            consent_marketing='consent_marketing',
+            consent_personalization='consent_personalization')}
         FROM ordered
         WHERE event_type IN ({cart}) OR new_session OR consent_marketing IS NOT NULL""")
 
@@ -87,8 +78,9 @@ def browse_candidates(t_env: Any, settings: Settings) -> Any:
     tr = settings.triggers
     viewed = "event_type = 'product_view' AND category IS NOT NULL AND category <> ''"
     return t_env.sql_query(f"""
-        SELECT {_signal(user_id='user_id', kind="'browse'", ts='session_start',
-                        aux='last_ts', views="CONCAT('[', `views`, ']')")}
+        SELECT {select_as(
+            SIGNAL_COLUMNS, user_id='user_id', kind="'browse'", ts='session_start',
+            aux='last_ts', views="CONCAT('[', `views`, ']')")}
         FROM (
           SELECT user_id, MIN(ts) AS session_start, MAX(ts) AS last_ts,
                  LISTAGG(JSON_ARRAY(ts, category, product_id NULL ON NULL))
@@ -109,8 +101,9 @@ def high_intent_candidates(t_env: Any, settings: Settings) -> Any:
     """
     within = settings.triggers.high_intent_within_ms
     return t_env.sql_query(f"""
-        SELECT {_signal(user_id='user_id', kind="'high_intent'", ts='add_ts',
-                        aux='search_ts', query='search_query', product_id='add_product')}
+        SELECT {select_as(
+            SIGNAL_COLUMNS, user_id='user_id', kind="'high_intent'", ts='add_ts',
+            aux='search_ts', query='search_query', product_id='add_product')}
         FROM events MATCH_RECOGNIZE (
           PARTITION BY user_id ORDER BY rowtime
           MEASURES S.ts AS search_ts, S.query AS search_query,
@@ -166,10 +159,13 @@ def write_notifications(t_env: Any, settings: Settings, statements: Any, stream:
     statements.add_insert("notifications_sink", t_env.from_data_stream(stream))
 
 
-def build(env: Any, t_env: Any, settings: Settings, topic: str | None = None) -> None:
+def build(env: Any, t_env: Any, settings: Settings, topic: str | None = None,
+          bounded: bool = False) -> None:
+    """The job's pipeline; `topic` and `bounded` (stop at the offsets current at
+    start-up) are for tests and benchmarks."""
     statements = t_env.create_statement_set()
     read_events(t_env, settings, statements, group_id=f"{settings.kafka.group_id}-triggers",
-                topic=topic)
+                topic=topic, bounded=bounded)
     notifications = detect_triggers(t_env, settings)
     write_notifications(t_env, settings, statements, notifications)
     statements.attach_as_datastream()

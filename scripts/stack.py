@@ -338,7 +338,7 @@ def flink_overview() -> dict | None:
 
 def flink_healthy() -> bool:
     overview = flink_overview()
-    return bool(overview) and overview.get("slots-total", 0) >= FLINK_SLOTS
+    return overview is not None and overview.get("slots-total", 0) >= FLINK_SLOTS
 
 
 SERVICE_TABLE = {

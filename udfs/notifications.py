@@ -102,3 +102,20 @@ def to_json_bytes(record: Mapping[str, Any]) -> bytes:
     text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False)
     return text.encode("utf-8")
+
+
+# schemas/registry.json id of notification.v1.avsc
+NOTIFICATION_SCHEMA_ID = 3
+
+
+def to_avro_bytes(record: Mapping[str, Any], resolver: Any,
+                  schema_id: int = NOTIFICATION_SCHEMA_ID) -> bytes:
+    """The record in the Confluent Avro wire format (``formats.notifications: avro``).
+
+    ``payload`` travels as a JSON string (schemas/notification.v1.avsc): its shape
+    differs per trigger.
+    """
+    from udfs.codecs import encode_avro
+
+    payload = json.dumps(record["payload"], sort_keys=True, separators=(",", ":"))
+    return encode_avro({**record, "payload": payload}, schema_id, resolver)

@@ -161,7 +161,9 @@ class ProfileState:
     @classmethod
     def from_state(cls, data: dict[str, Any]) -> ProfileState:
         return cls(
-            slices=tuple(Slice(*s[:8], tuple((int(t), str(c)) for t, c in s[8]))
+            slices=tuple(Slice(int(s[0]), int(s[1]), int(s[2]), int(s[3]), int(s[4]),
+                               float(s[5]), int(s[6]), int(s[7]),
+                               tuple((int(t), str(c)) for t, c in s[8]))
                          for s in data["slices"]),
             lifetime=Lifetime(*data["lifetime"]),
             last_cart_abandoned=data["cart_abandoned"],

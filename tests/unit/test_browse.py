@@ -6,11 +6,10 @@ add_to_cart, ``X`` a firing (at the session's last event + 30 min).
 
 from __future__ import annotations
 
-import heapq
 import pickle
 import random
-from collections.abc import Iterator
 
+from tests.unit.watermark import released_in_ts_order
 from udfs.browse import (
     SessionSummary,
     SessionTracker,
@@ -170,20 +169,6 @@ def test_an_older_event_joins_the_open_session() -> None:
     assert tracker.on_event(*view(5, "A")) == []
     [closed] = tracker.flush()
     assert (closed.session_start, closed.session_end) == (at(10), at(10))
-
-
-def released_in_ts_order(arrivals: list[Event], delay: int) -> Iterator[Event]:
-    """Events buffered until the watermark (max ts seen - delay) passes them."""
-    buffer: list[tuple[int, int, Event]] = []
-    watermark = -1
-    for seq, event in enumerate(arrivals):
-        assert event[1] > watermark
-        heapq.heappush(buffer, (event[1], seq, event))
-        watermark = max(watermark, event[1] - delay)
-        while buffer and buffer[0][0] <= watermark:
-            yield heapq.heappop(buffer)[2]
-    while buffer:
-        yield heapq.heappop(buffer)[2]
 
 
 def test_shuffled_within_lateness_gives_the_same_firings_as_sorted() -> None:

@@ -7,11 +7,10 @@ Timelines are in minutes after T0; ``s:q`` is a search for q, ``v`` a product_vi
 
 from __future__ import annotations
 
-import heapq
 import pickle
 import random
-from collections.abc import Iterator
 
+from tests.unit.watermark import released_in_ts_order
 from udfs.high_intent import (
     HighIntentState,
     high_intent_firings,
@@ -158,20 +157,6 @@ def test_state_round_trips() -> None:
     data = pickle.loads(pickle.dumps(state.to_state()))
     assert HighIntentState.from_state(data) == state
     assert state.armed == (at(0), "q") and state.search == (at(2), "r")
-
-
-def released_in_ts_order(arrivals: list[Event], delay: int) -> Iterator[Event]:
-    """Events buffered until the watermark (max ts seen - delay) passes them."""
-    buffer: list[tuple[int, int, Event]] = []
-    watermark = -1
-    for seq, event in enumerate(arrivals):
-        assert event[1] > watermark
-        heapq.heappush(buffer, (event[1], seq, event))
-        watermark = max(watermark, event[1] - delay)
-        while buffer and buffer[0][0] <= watermark:
-            yield heapq.heappop(buffer)[2]
-    while buffer:
-        yield heapq.heappop(buffer)[2]
 
 
 def test_shuffled_within_lateness_gives_the_same_firings_as_sorted() -> None:

@@ -59,3 +59,25 @@ def test_firing_round_trips() -> None:
     firing = Firing("browse_abandoned", "u1", FIRED_AT, {"category": "A", "product_ids": ["p"]})
     assert Firing.from_state(pickle.loads(pickle.dumps(firing.to_state()))) == firing
     assert pickle.loads(pickle.dumps(firing)) == firing
+
+
+def test_avro_notification_round_trips_through_the_wire_format() -> None:
+    import io
+    import json as _json
+    from pathlib import Path
+
+    import fastavro
+
+    from udfs.codecs import LocalSchemas
+    from udfs.notifications import to_avro_bytes
+
+    schemas = Path(__file__).resolve().parents[2] / "schemas"
+    record = build_notification(
+        Firing("high_intent", "u7", 1_000, {"query": "tea", "product_id": "p1"}), 1_450)
+    raw = to_avro_bytes(record, LocalSchemas(schemas))
+    assert raw[0] == 0 and int.from_bytes(raw[1:5], "big") == 3
+    schema = fastavro.parse_schema(_json.loads((schemas / "notification.v1.avsc").read_text()))
+    decoded = fastavro.schemaless_reader(io.BytesIO(raw[5:]), schema)
+    assert decoded["notification_id"] == "high_intent:u7:1000"
+    assert (decoded["fired_at"], decoded["emitted_at"]) == (1_000, 1_450)
+    assert _json.loads(decoded["payload"]) == {"query": "tea", "product_id": "p1"}
