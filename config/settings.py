@@ -167,6 +167,7 @@ class FlinkSettings:
     python_bundle_size: int
     python_bundle_time_ms: int
     python_state_cache_size: int
+    checkpoint_dir: str
     jars: tuple[str, ...] = field(default_factory=tuple)
 
     def check(self) -> None:
@@ -177,6 +178,16 @@ class FlinkSettings:
                  "flink.python_execution_mode", "must be process or thread")
         for name in ("python_bundle_size", "python_bundle_time_ms", "python_state_cache_size"):
             _require(getattr(self, name) > 0, f"flink.{name}", "must be positive")
+
+    def checkpoint_uri(self) -> str | None:
+        """Where checkpoints go: a URI, a path (relative to the repository root), or
+        None to leave it to the cluster's configuration."""
+        if not self.checkpoint_dir:
+            return None
+        if "://" in self.checkpoint_dir:
+            return self.checkpoint_dir
+        path = Path(self.checkpoint_dir)
+        return (path if path.is_absolute() else ROOT / path).as_uri()
 
     def jar_urls(self) -> list[str]:
         """``file://`` URLs of the jars, relative paths taken from the repository root."""

@@ -57,8 +57,13 @@ def create_environments(settings: Settings) -> tuple[Any, Any]:
     conf.set_string("python.fn-execution.bundle.size", str(f.python_bundle_size))
     conf.set_string("python.fn-execution.bundle.time", str(f.python_bundle_time_ms))
     conf.set_string("python.state.cache-size", str(f.python_state_cache_size))
-    conf.set_string("python.executable", sys.executable)
-    conf.set_string("python.client.executable", sys.executable)
+    if settings.env == "local":  # elsewhere the cluster's python.executable applies
+        conf.set_string("python.executable", sys.executable)
+        conf.set_string("python.client.executable", sys.executable)
+    checkpoints = f.checkpoint_uri()
+    if checkpoints:
+        conf.set_string("execution.checkpointing.storage", "filesystem")
+        conf.set_string("execution.checkpointing.dir", checkpoints)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(f.parallelism)
     env.enable_checkpointing(f.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)

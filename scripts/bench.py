@@ -71,7 +71,7 @@ def run_reference(settings, topic: str) -> None:  # type: ignore[no-untyped-def]
     from jobs.source import create_raw_source
 
     env, t_env = create_environments(settings)
-    create_raw_source(t_env, settings, "raw", topic, f"bench-{uuid.uuid4().hex}", True)
+    create_raw_source(t_env, settings, "bench_raw", topic, f"bench-{uuid.uuid4().hex}", True)
     t_env.execute_sql("""CREATE TEMPORARY TABLE sink (
         event_id STRING, event_type STRING, user_id STRING, ts BIGINT, product_id STRING,
         category STRING, price DOUBLE) WITH ('connector' = 'blackhole')""")
@@ -83,7 +83,7 @@ def run_reference(settings, topic: str) -> None:  # type: ignore[no-untyped-def]
         JSON_VALUE(CAST(`v` AS STRING), '$.product_id'),
         JSON_VALUE(CAST(`v` AS STRING), '$.category'),
         TRY_CAST(JSON_VALUE(CAST(`v` AS STRING), '$.price') AS DOUBLE)
-        FROM raw""").wait()
+        FROM bench_raw""").wait()
 
 
 def run_source(settings, topic: str) -> None:  # type: ignore[no-untyped-def]

@@ -209,18 +209,21 @@ def window(state: ProfileState, spec: WindowSpec, end: int) -> WindowFigures:
                          revenue=sum(s.revenue for s in inside), top_category=top)
 
 
-def due(state: ProfileState, spec: WindowSpec, end: int) -> bool:
-    """Whether the window ending at ``end`` must be written.
+def due_window(state: ProfileState, spec: WindowSpec, end: int) -> WindowFigures | None:
+    """The figures of the window ending at ``end`` if it must be written, else None.
 
     A non-empty window always is; an empty one only when the family's last write held
     events (then it writes the 0s once, and the fields stay 0 from there on).
     """
     if end % spec.slide_ms:
-        return False
+        return None
     last = state.last_written(spec.suffix)
     if last is not None and last[0] >= end:
-        return False
-    return not window(state, spec, end).empty or (last is not None and not last[1])
+        return None
+    figures = window(state, spec, end)
+    if figures.empty and (last is None or last[1]):
+        return None
+    return figures
 
 
 def next_timer(state: ProfileState, rules: ProfileRules, after: int) -> int | None:
@@ -283,8 +286,8 @@ def on_window_end(state: ProfileState, rules: ProfileRules, end: int,
     the lifetime figures and segments to write with them."""
     parts = []
     for spec in rules.families:
-        if due(state, spec, end):
-            figures = window(state, spec, end)
+        figures = due_window(state, spec, end)
+        if figures is not None:
             state = mark_written(state, spec, figures)
             if spec is rules.long:
                 state = replace(state, views_long=figures.views)
