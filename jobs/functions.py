@@ -21,23 +21,23 @@ import json
 import time
 from typing import Any
 
-from config.settings import ROOT, Settings
+from pyflink.datastream import KeyedProcessFunction
 
-# Field positions of jobs.triggers.SIGNAL_COLUMNS
+from config.settings import ROOT, Settings
+from jobs.source import positions
+from jobs.triggers import SIGNAL_COLUMNS
+
 USER_ID, KIND, TS, EVENT_TYPE, PRODUCT_ID, QUANTITY, PRICE, CURRENCY, NEW_SESSION, \
-    MARKETING, PERSONALIZATION, AUX, QUERY, VIEWS = range(14)
+    MARKETING, PERSONALIZATION, AUX, QUERY, VIEWS = positions(
+        SIGNAL_COLUMNS, "user_id", "kind", "ts", "event_type", "product_id", "quantity",
+        "price", "currency", "new_session", "consent_marketing",
+        "consent_personalization", "aux", "query", "views")
 
 # Queued items, applied in this order at equal ts: (rank, ts, tiebreak, item)
 CONSENT, SESSION_START, FIRING, HIGH_INTENT_MATCH = 0, 1, 2, 3
 
 
-def _pyflink_base() -> type:
-    from pyflink.datastream import KeyedProcessFunction
-
-    return KeyedProcessFunction
-
-
-class TriggerFunction(_pyflink_base()):  # type: ignore[misc]
+class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
     """Cart and checkout timers, browse and high-intent evaluation, cap and consent."""
 
     def __init__(self, settings: Settings) -> None:

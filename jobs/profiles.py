@@ -26,21 +26,29 @@ from typing import Any
 if __package__ in (None, ""):  # `flink run -py jobs/profiles.py` runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pyflink.datastream import KeyedProcessFunction  # noqa: E402
+
 from config.settings import Settings  # noqa: E402
 from jobs.runtime import run_job  # noqa: E402
-from jobs.source import kafka_options, read_events, select_as, sql_interval  # noqa: E402
+from jobs.source import (  # noqa: E402
+    kafka_options,
+    positions,
+    read_events,
+    select_as,
+    sql_interval,
+)
 
 JOB_NAME = "nudge-profiles"
 
-# kind, user_id, ts, events, product_views, carts, purchases, revenue, first_ts, last_ts,
-# views (JSON), personalization
 SIGNAL_COLUMNS = (
     "kind STRING", "user_id STRING", "ts BIGINT", "events BIGINT", "product_views BIGINT",
     "carts BIGINT", "purchases BIGINT", "revenue DOUBLE", "first_ts BIGINT", "last_ts BIGINT",
     "views STRING", "personalization BOOLEAN",
 )
 KIND, USER_ID, TS, EVENTS, PRODUCT_VIEWS, CARTS, PURCHASES, REVENUE, FIRST_TS, LAST_TS, \
-    VIEWS, PERSONALIZATION = range(12)
+    VIEWS, PERSONALIZATION = positions(
+        SIGNAL_COLUMNS, "kind", "user_id", "ts", "events", "product_views", "carts",
+        "purchases", "revenue", "first_ts", "last_ts", "views", "personalization")
 
 
 def profile_rules(settings: Settings) -> Any:
@@ -148,13 +156,7 @@ def _discard() -> Any:
     return Sink("org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink")
 
 
-def _pyflink_base() -> type:
-    from pyflink.datastream import KeyedProcessFunction
-
-    return KeyedProcessFunction
-
-
-class ProfileFunction(_pyflink_base()):  # type: ignore[misc]
+class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
     """Thin adapter: keyed state ↔ udfs.profile, event-time timers at window ends,
     writes through udfs.profile_store."""
 

@@ -266,6 +266,13 @@ def select_as(columns: tuple[str, ...], **given: str) -> str:
     return ", ".join(parts)
 
 
+def positions(columns: tuple[str, ...], *names: str) -> tuple[int, ...]:
+    """Field positions of `names` in rows of `columns` ("name TYPE" each), for the Python
+    functions that read those rows by index."""
+    index = {column.split(" ")[0]: i for i, column in enumerate(columns)}
+    return tuple(index[name] for name in names)
+
+
 def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
