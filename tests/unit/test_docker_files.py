@@ -1,11 +1,14 @@
-"""docker/: the Dockerfile and compose.yaml agree with the repository and its settings.
+"""docker/: the Dockerfile, compose.yaml and the Kubernetes manifests agree with the
+repository, its settings and each other.
 
-No Docker engine is needed: compose.yaml is read with PyYAML and the Dockerfile with the
-small line parser below. What is checked: the services exist, images are pinned,
-addresses, topics and NUDGE_* variables match ``config/`` (docker environment), the
-paths the commands use exist in the repository, and the Flink, PyFlink and connector
-versions agree with ``requirements.txt``, ``constraints.txt``, ``pyproject.toml`` and
-``pom.xml``.
+No Docker engine or Kubernetes is needed: compose.yaml and docker/kubernetes/*.yaml are
+read with PyYAML and the Dockerfile with the small line parser below. What is checked:
+the services exist, images are pinned, addresses, topics and NUDGE_* variables match
+``config/`` (docker environment), the paths the commands use exist in the repository,
+the Flink, PyFlink and connector versions agree with ``requirements.txt``,
+``constraints.txt``, ``pyproject.toml`` and ``pom.xml``, the Prometheus reporter is on;
+and each job's FlinkDeployment runs the image's copy of the job with savepoint upgrades,
+durable checkpoint storage, real settings and the options the job sets itself.
 """
 
 from __future__ import annotations
@@ -33,13 +36,16 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 COMPOSE = ROOT / "docker" / "compose.yaml"
 README = ROOT / "docker" / "README.md"
+K8S = ROOT / "docker" / "kubernetes"
 IMAGE_HOME = PurePosixPath("/opt/nudge")  # the repository root inside the image
 VENV_PYTHON = "/opt/nudge/.venv/bin/python"
 
-REQUIRED_SERVICES = ("kafka", "redis", "jobmanager", "taskmanager", "topics",
-                     "submit-triggers", "generator")
-NUDGE_SERVICES = ("jobmanager", "taskmanager", "submit-triggers", "generator")
-ONE_SHOTS = ("topics", "submit-triggers", "generator")
+JOBS = ("triggers", "profiles")  # jobs/<job>.py
+SUBMITS = tuple(f"submit-{job}" for job in JOBS)  # compose's one-shot submitter of each job
+REQUIRED_SERVICES = ("kafka", "redis", "jobmanager", "taskmanager", "topics", *SUBMITS,
+                     "generator")
+NUDGE_SERVICES = ("jobmanager", "taskmanager", *SUBMITS, "generator")
+ONE_SHOTS = ("topics", *SUBMITS, "generator")
 
 
 # --- Dockerfile parsing -------------------------------------------------------------------
@@ -316,8 +322,8 @@ def test_dockerfile_installs_the_code_into_opt_nudge(dockerfile: Dockerfile) -> 
                     destinations[source.rstrip("/")] = dest
     for name in ("config", "jobs", "udfs", "schemas", "pyproject.toml"):
         assert name in destinations, f"{name} is not copied into the image"
-        dest = PurePosixPath(destinations[name])
-        assert dest in (IMAGE_HOME, IMAGE_HOME / name), f"{name} goes to {dest}"
+        target = PurePosixPath(destinations[name])
+        assert target in (IMAGE_HOME, IMAGE_HOME / name), f"{name} goes to {target}"
     assert {"requirements.txt", "constraints.txt"} <= destinations.keys()
 
 
@@ -513,24 +519,35 @@ def test_flink_cluster_config(services: dict[str, Any]) -> None:
         assert str(checkpoints) in mounts, "checkpoints must be on a volume both can reach"
 
 
-def test_submit_command(services: dict[str, Any]) -> None:
-    submit = services["submit-triggers"]
-    runs = [w for w in script_lines(submit) if w[:2] == ["flink", "run"]]
-    assert len(runs) == 1, "one `flink run` in submit-triggers"
-    words = runs[0]
+def job_name(job: str) -> str:
+    """The name jobs/<job>.py gives its Flink job (its JOB_NAME)."""
+    found = re.search(r'^JOB_NAME = "([^"]+)"', (ROOT / "jobs" / f"{job}.py").read_text(), re.M)
+    assert found, f"jobs/{job}.py has no JOB_NAME"
+    return found.group(1)
+
+
+def submit_words(service: Mapping[str, Any]) -> list[str]:
+    """The one `flink run` command of a submitter, split into words."""
+    runs = [w for w in script_lines(service) if w[:2] == ["flink", "run"]]
+    assert len(runs) == 1, "one `flink run` per submitter"
+    return runs[0]
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_submit_command(services: dict[str, Any], job: str) -> None:
+    submit = services[f"submit-{job}"]
+    words = submit_words(submit)
     assert "-d" in words
     host, _, port = option(words, "-m").partition(":")
     assert host == "jobmanager" and int(port) in container_ports(services[host])
     script = option(words, "-py")
     assert in_repo(script).is_file(), f"{script} is not a file of the repository"
-    assert script == "/opt/nudge/jobs/triggers.py"
+    assert script == f"/opt/nudge/jobs/{job}.py"
     dirs = option(words, "-pyfs").split(",")
     assert {PurePosixPath(d).name for d in dirs} == {"config", "jobs", "udfs", "schemas"}
     for d in dirs:
         assert in_repo(d).is_dir(), f"{d} is not a folder of the repository"
-    job_name = re.search(r'^JOB_NAME = "([^"]+)"', (ROOT / "jobs" / "triggers.py").read_text(),
-                         re.M)
-    assert job_name and f"{job_name.group(1)} (RUNNING)" in " ".join(argv(submit))
+    assert f"{job_name(job)} (RUNNING)" in " ".join(argv(submit))
     needs = submit["depends_on"]
     assert needs["jobmanager"]["condition"] == "service_healthy"
     assert needs["topics"]["condition"] == "service_completed_successfully"
@@ -545,6 +562,8 @@ def test_generator_command(services: dict[str, Any], docker_settings: Any) -> No
     assert (ROOT / "jobs" / "generate.py").is_file()
     assert option(words, "--bootstrap") == docker_settings.kafka.bootstrap
     assert (option(words, "--count"), option(words, "--rate")) == ("100000", "2000")
+    for submit in SUBMITS:  # traffic once both jobs read the topic
+        assert gen["depends_on"][submit]["condition"] == "service_completed_successfully"
 
 
 def test_dependencies_and_health_checks(services: dict[str, Any]) -> None:
@@ -583,3 +602,289 @@ def test_readme_names_the_command_and_ports() -> None:
     for port in ("8081", "9094", "6379"):
         assert port in text
     assert "tests/unit/test_docker_files.py" in text
+
+
+# --- the Prometheus reporter --------------------------------------------------------------
+
+PROM = "metrics.reporter.prom."
+PROM_FACTORY = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+
+
+def image_flink_options(dockerfile: Dockerfile) -> dict[str, str]:
+    """The `-Dkey=value` options the Dockerfile writes into the image's conf/config.yaml."""
+    runs = [i.args for i in final_stage(dockerfile).instructions
+            if i.keyword == "RUN" and "config-parser-utils.sh" in i.args]
+    assert len(runs) == 1, "one RUN writes the image's Flink configuration"
+    return dict(re.findall(r'"-D([^=" ]+)=([^" ]+)"', runs[0]))
+
+
+def test_dockerfile_enables_the_prometheus_reporter(dockerfile: Dockerfile,
+                                                    services: dict[str, Any]) -> None:
+    options = image_flink_options(dockerfile)
+    assert options.get(PROM + "factory.class") == PROM_FACTORY
+    port = int(options[PROM + "port"])
+    # The reporter's jar is a plugin of the Flink distribution; the build checks it is there.
+    jar = "$FLINK_HOME/plugins/metrics-prometheus/flink-metrics-prometheus-${FLINK_VERSION}.jar"
+    runs = [i.args for i in final_stage(dockerfile).instructions if i.keyword == "RUN"]
+    assert any(f'test -f "{jar}"' in r for r in runs), "the build does not check the plugin"
+    exposed = {int(p.split("/")[0]) for i in final_stage(dockerfile).instructions
+               if i.keyword == "EXPOSE" for p in i.args.split()}
+    assert port in exposed
+    for name in ("jobmanager", "taskmanager"):
+        assert port in container_ports(services[name]), f"{name} does not publish /metrics"
+        assert flink_properties(services[name]).get(PROM + "port", str(port)) == str(port)
+
+
+# --- Kubernetes (docker/kubernetes/) ------------------------------------------------------
+
+MAIN_CONTAINER = "flink-main-container"  # the operator's name for the Flink container
+PYTHON_DRIVER = "org.apache.flink.client.python.PythonDriver"
+# PythonDriver's options that take a value; they must come before the job's arguments.
+DRIVER_OPTIONS = ("-py", "-pym", "-pyfs", "-pyarch", "-pyreq", "-pyexec", "-pyclientexec",
+                  "-pypath")
+STORAGE_KEYS = ("execution.checkpointing.dir", "execution.checkpointing.savepoint-dir",
+                "high-availability.storageDir")
+_FLINK_DURATION = re.compile(r"(\d+)\s*(ms|s|min|h|d)")
+_FLINK_UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+@pytest.fixture(scope="module")
+def manifests() -> dict[str, dict[str, Any]]:
+    """Each job's FlinkDeployment, docker/kubernetes/<job>.yaml."""
+    docs = {}
+    for job in JOBS:
+        loaded = list(yaml.safe_load_all((K8S / f"{job}.yaml").read_text(encoding="utf-8")))
+        assert len(loaded) == 1 and isinstance(loaded[0], dict), f"{job}.yaml: one resource"
+        docs[job] = loaded[0]
+    return docs
+
+
+def main_container(doc: Mapping[str, Any]) -> dict[str, Any]:
+    containers = doc["spec"]["podTemplate"]["spec"]["containers"]
+    found = [c for c in containers if c.get("name") == MAIN_CONTAINER]
+    assert len(found) == 1, f"the pod template needs one container {MAIN_CONTAINER}"
+    return found[0]
+
+
+def pod_env(doc: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The pod template's environment variables by name, each entry as written."""
+    return {e["name"]: e for e in main_container(doc).get("env") or []}
+
+
+def literal_env(doc: Mapping[str, Any]) -> dict[str, str]:
+    """The variables given by value (not from a Secret)."""
+    return {name: str(e["value"]) for name, e in pod_env(doc).items() if "value" in e}
+
+
+def driver_args(doc: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """PythonDriver's options (which lead) and the job's own arguments (the rest)."""
+    args = [str(a) for a in doc["spec"]["job"]["args"]]
+    options: dict[str, str] = {}
+    while args and args[0] in DRIVER_OPTIONS:
+        assert len(args) > 1, f"{args[0]} has no value"
+        options[args[0]] = args[1]
+        args = args[2:]
+    return options, args
+
+
+def image_files(dockerfile: Dockerfile) -> dict[PurePosixPath, Path]:
+    """Where the final stage's COPY lines put the repository's files: image path -> file."""
+    files: dict[PurePosixPath, Path] = {}
+    workdir = PurePosixPath("/")
+    for ins in final_stage(dockerfile).instructions:
+        if ins.keyword == "WORKDIR":
+            workdir = workdir / ins.args
+        if ins.keyword not in ("COPY", "ADD"):
+            continue
+        flags, sources, dest = copy_parts(ins)
+        if "from" in flags:
+            continue
+        target = workdir / dest
+        for source in sources:
+            path = ROOT / source
+            if path.is_dir():
+                files.update({target / f.relative_to(path).as_posix(): f
+                              for f in path.rglob("*") if f.is_file()})
+            else:
+                into_dir = dest.endswith("/") or len(sources) > 1
+                files[target / path.name if into_dir else target] = path
+    return files
+
+
+def setting_paths(tree: Mapping[str, Any], prefix: str = "") -> set[str]:
+    """The dotted paths of the settings (the leaves) of a config/ YAML tree."""
+    paths = set()
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            paths |= setting_paths(value, f"{prefix}{key}.")
+        else:
+            paths.add(f"{prefix}{key}")
+    return paths
+
+
+def env_var_path(name: str) -> str:
+    """NUDGE_A__B__C -> a.b.c, config/settings.py's rule."""
+    return name.removeprefix("NUDGE_").lower().replace("__", ".")
+
+
+def flink_value(value: Any) -> Any:
+    """A Flink option's value, comparable: durations in ms, the rest lower-case text."""
+    text = str(value).strip()
+    match = _FLINK_DURATION.fullmatch(text)
+    return int(match.group(1)) * _FLINK_UNIT_MS[match.group(2)] if match else text.lower()
+
+
+def options_the_job_sets(settings: Any) -> dict[str, str]:
+    """The Flink options jobs/runtime.py sets from the settings when the job starts. They
+    win over the manifest's flinkConfiguration, so the two must say the same."""
+    from jobs import runtime
+
+    options = {"execution.checkpointing.interval": f"{settings.flink.checkpoint_interval_ms} ms"}
+    checkpoint_options = getattr(runtime, "checkpoint_options", None)  # timeouts, backend, ...
+    if checkpoint_options is not None:
+        options.update(checkpoint_options(settings.flink))
+    return options
+
+
+def test_k8s_one_manifest_per_job_and_a_readme() -> None:
+    assert sorted(p.stem for p in K8S.glob("*.y*ml")) == sorted(JOBS)
+    text = (K8S / "README.md").read_text(encoding="utf-8")
+    for job in JOBS:
+        assert f"docker/kubernetes/{job}.yaml" in text
+    assert "helm install" in text and "secret" in text
+
+
+def test_k8s_helpers() -> None:
+    assert flink_value("30 s") == flink_value("30000 ms") == 30_000
+    assert flink_value("1 min") == 60_000 and flink_value("RocksDB") == "rocksdb"
+    assert env_var_path("NUDGE_KAFKA__BOOTSTRAP") == "kafka.bootstrap"
+    assert setting_paths({"a": {"b": 1, "c": {"d": []}}, "e": ""}) == {"a.b", "a.c.d", "e"}
+    doc = {"spec": {"job": {"args": ["-pyfs", "x,y", "-py", "j.py", "--env", "cluster"]}}}
+    assert driver_args(doc) == ({"-pyfs": "x,y", "-py": "j.py"}, ["--env", "cluster"])
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_k8s_flink_deployment(manifests: dict[str, dict[str, Any]], job: str,
+                              dockerfile: Dockerfile, services: dict[str, Any]) -> None:
+    doc = manifests[job]
+    assert doc["apiVersion"] == "flink.apache.org/v1beta1"
+    assert doc["kind"] == "FlinkDeployment"
+    assert doc["metadata"]["name"] == job_name(job)
+    spec = doc["spec"]
+    # Application mode: the deployment carries its job, on the operator's native mode.
+    assert spec.get("mode", "native") == "native" and spec["job"]
+    major, minor, _ = dockerfile.global_args["FLINK_VERSION"].split(".")
+    assert spec["flinkVersion"] == f"v{major}_{minor}"
+    assert spec["image"] == services["jobmanager"]["image"], "not the image compose builds"
+    assert spec["serviceAccount"]
+    assert spec["job"]["upgradeMode"] == "savepoint"
+    assert spec["job"].get("state", "running") == "running"
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_k8s_runs_the_images_copy_of_the_job(manifests: dict[str, dict[str, Any]], job: str,
+                                             dockerfile: Dockerfile,
+                                             services: dict[str, Any]) -> None:
+    spec = manifests[job]["spec"]["job"]
+    version = dockerfile.global_args["FLINK_VERSION"]
+    assert spec["jarURI"] == f"local:///opt/flink/opt/flink-python-{version}.jar"
+    assert spec["entryClass"] == PYTHON_DRIVER
+    options, job_args = driver_args(manifests[job])
+    files = image_files(dockerfile)
+    script = PurePosixPath(options["-py"])
+    assert files.get(script) == ROOT / "jobs" / f"{job}.py", f"{script} is not jobs/{job}.py"
+    folders = options["-pyfs"].split(",")
+    for folder in folders:
+        assert any(PurePosixPath(folder) in f.parents for f in files), f"{folder} not in image"
+    assert folders == option(submit_words(services[f"submit-{job}"]), "-pyfs").split(",")
+    assert options["-pyclientexec"] == image_flink_options(dockerfile)["python.client.executable"]
+    assert job_args == ["--env", "cluster"]
+    assert pod_env(manifests[job])["NUDGE_ENV"]["value"] == "cluster"
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_k8s_state_storage(manifests: dict[str, dict[str, Any]], job: str,
+                           dockerfile: Dockerfile) -> None:
+    conf = manifests[job]["spec"]["flinkConfiguration"]
+    schemes = set()
+    for key in STORAGE_KEYS:
+        uri = urlparse(conf.get(key, ""))
+        assert uri.scheme not in ("", "file") and uri.netloc, f"{key}: not shared storage"
+        schemes.add(uri.scheme)
+    assert conf["state.backend.type"] == "rocksdb"
+    assert conf["execution.checkpointing.incremental"] == "true"
+    assert conf["execution.checkpointing.externalized-checkpoint-retention"] == \
+        "RETAIN_ON_CANCELLATION"
+    assert conf["restart-strategy.type"] == "exponential-delay"
+    assert isinstance(flink_value(conf["execution.checkpointing.interval"]), int)
+    if "s3" in schemes:  # the image's entrypoint links Flink's S3 plugin from opt/
+        plugins = pod_env(manifests[job])["ENABLE_BUILT_IN_PLUGINS"]["value"].split(";")
+        version = re.escape(dockerfile.global_args["FLINK_VERSION"])
+        assert any(re.fullmatch(rf"flink-s3-fs-(presto|hadoop)-{version}\.jar", p)
+                   for p in plugins), plugins
+
+
+def test_k8s_jobs_keep_their_state_apart(manifests: dict[str, dict[str, Any]]) -> None:
+    uris = [m["spec"]["flinkConfiguration"][key] for m in manifests.values()
+            for key in STORAGE_KEYS]
+    assert len(set(uris)) == len(uris), "each job needs folders of its own"
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_k8s_parallelism_and_resources(manifests: dict[str, dict[str, Any]], job: str) -> None:
+    spec = manifests[job]["spec"]
+    parallelism = spec["job"]["parallelism"]
+    slots = int(spec["flinkConfiguration"]["taskmanager.numberOfTaskSlots"])
+    assert isinstance(parallelism, int) and parallelism >= 1 and slots >= 1
+    replicas = spec["taskManager"].get("replicas")
+    if replicas is not None:
+        assert parallelism <= slots * replicas, "more parallelism than task slots"
+    # The job sets its parallelism from its settings, which must say the same.
+    assert load_settings("cluster", literal_env(manifests[job])).flink.parallelism == parallelism
+    for role in ("jobManager", "taskManager"):
+        resource = spec[role]["resource"]
+        memory = re.fullmatch(r"(\d+)([mg])", str(resource["memory"]))
+        assert memory, f"{role}: memory {resource['memory']}"
+        assert int(memory.group(1)) * (1024 if memory.group(2) == "g" else 1) >= 1024
+        assert float(resource["cpu"]) > 0
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_k8s_env_vars_are_settings(manifests: dict[str, dict[str, Any]], job: str) -> None:
+    settings = setting_paths(yaml.safe_load((ROOT / "config" / "base.yaml").read_text()))
+    env = pod_env(manifests[job])
+    names = [n for n in env if n.startswith("NUDGE_") and n != "NUDGE_ENV"]
+    unknown = [n for n in names if env_var_path(n) not in settings]
+    assert not unknown, f"{job}.yaml: no such setting: {unknown}"
+    assert not unknown_nudge_vars(literal_env(manifests[job]))
+    assert "NUDGE_KAFKA__BOOTSTRAP" in names
+    if "settings.redis" in (ROOT / "jobs" / f"{job}.py").read_text():  # the job uses Redis
+        ref = env["NUDGE_REDIS__URL"]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] and ref["key"], "the Redis URL (maybe with a password) is a Secret"
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_k8s_config_agrees_with_the_job(manifests: dict[str, dict[str, Any]], job: str) -> None:
+    conf = manifests[job]["spec"]["flinkConfiguration"]
+    assert all(isinstance(v, str) for v in conf.values()), "quote flinkConfiguration values"
+    expected = options_the_job_sets(load_settings("cluster", literal_env(manifests[job])))
+    for key, value in expected.items():
+        assert key in conf, f"{job}.yaml: {key} missing (the job sets {value})"
+        assert flink_value(conf[key]) == flink_value(value), \
+            f"{job}.yaml: {key} is {conf[key]}, the job sets {value}"
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_k8s_python_and_metrics_match_the_image(manifests: dict[str, dict[str, Any]], job: str,
+                                                dockerfile: Dockerfile) -> None:
+    conf = manifests[job]["spec"]["flinkConfiguration"]
+    image = image_flink_options(dockerfile)
+    # The operator replaces the image's conf/config.yaml: what the image set is repeated.
+    for key in ("python.executable", "python.client.executable", PROM + "factory.class",
+                PROM + "port"):
+        assert conf.get(key) == image[key], f"{job}.yaml: {key}"
+    port = int(image[PROM + "port"])
+    ports = {p["name"]: p["containerPort"] for p in main_container(manifests[job])["ports"]}
+    assert ports.get("metrics") == port
+    annotations = manifests[job]["spec"]["podTemplate"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port)
