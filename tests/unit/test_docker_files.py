@@ -6,7 +6,8 @@ read with PyYAML and the Dockerfile with the small line parser below. What is ch
 the services exist, images are pinned, addresses, topics and NUDGE_* variables match
 ``config/`` (docker environment), the paths the commands use exist in the repository,
 the Flink, PyFlink and connector versions agree with ``requirements.txt``,
-``constraints.txt``, ``pyproject.toml`` and ``pom.xml``, the Prometheus reporter is on;
+``constraints.txt``, ``pyproject.toml`` and ``pom.xml``, the Prometheus reporter is on,
+the code's packages are importable from ``PYTHONPATH`` and no job ships them with ``-pyfs``;
 and each job's FlinkDeployment runs the image's copy of the job with savepoint upgrades,
 durable checkpoint storage, real settings and the options the job sets itself.
 """
@@ -41,6 +42,8 @@ IMAGE_HOME = PurePosixPath("/opt/nudge")  # the repository root inside the image
 VENV_PYTHON = "/opt/nudge/.venv/bin/python"
 
 JOBS = ("triggers", "profiles")  # jobs/<job>.py
+PACKAGES = ("config", "jobs", "udfs", "schemas")  # the code's top-level packages
+PYFS = ("-pyfs", "--pyFiles")  # `flink run` / PythonDriver: files for the Python workers
 SUBMITS = tuple(f"submit-{job}" for job in JOBS)  # compose's one-shot submitter of each job
 REQUIRED_SERVICES = ("kafka", "redis", "jobmanager", "taskmanager", "topics", *SUBMITS,
                      "generator")
@@ -159,6 +162,62 @@ def dockerfile() -> Dockerfile:
 
 def final_stage(dockerfile: Dockerfile) -> Stage:
     return dockerfile.stages[-1]
+
+
+def image_env(dockerfile: Dockerfile) -> dict[str, str]:
+    """The variables the final stage's ENV lines set (`ENV K=V ...` or `ENV K V`)."""
+    env: dict[str, str] = {}
+    for ins in final_stage(dockerfile).instructions:
+        if ins.keyword != "ENV":
+            continue
+        words = shlex.split(ins.args)
+        if "=" not in words[0]:
+            env[words[0]] = " ".join(words[1:])
+        else:
+            env.update(w.split("=", 1) for w in words)
+    return env
+
+
+def repo_copies(dockerfile: Dockerfile) -> Iterator[tuple[list[str], str, PurePosixPath]]:
+    """(sources, destination as written, destination in the image) of each COPY or ADD of
+    the final stage that takes files from the repository (not from another stage)."""
+    workdir = PurePosixPath("/")
+    for ins in final_stage(dockerfile).instructions:
+        if ins.keyword == "WORKDIR":
+            workdir = workdir / ins.args
+        if ins.keyword in ("COPY", "ADD"):
+            flags, sources, dest = copy_parts(ins)
+            if "from" not in flags:
+                yield sources, dest, workdir / dest
+
+
+def package_dirs(dockerfile: Dockerfile) -> dict[str, PurePosixPath]:
+    """Where the final stage puts each package folder of PACKAGES (a folder's contents go
+    into the destination)."""
+    return {PurePosixPath(source).name: target
+            for sources, _, target in repo_copies(dockerfile) for source in sources
+            if PurePosixPath(source).name in PACKAGES and (ROOT / source).is_dir()}
+
+
+def pythonpath_problems(dockerfile: Dockerfile) -> list[str]:
+    """Why the image's PYTHONPATH would not import the packages as `config.settings`,
+    `udfs.x`, ...: it must hold the one folder the package folders are copied into, and
+    no package folder itself (its modules would become top-level ones)."""
+    dirs = package_dirs(dockerfile)
+    problems = [f"{name}/ is not copied into the image" for name in PACKAGES if name not in dirs]
+    problems += [f"{name}/ is copied to {path}, not to a folder {name}"
+                 for name, path in dirs.items() if path.name != name]
+    homes = {path.parent for path in dirs.values()}
+    if len(homes) != 1:
+        return problems + [f"the packages are copied into several folders: {sorted(homes)}"]
+    entries = [PurePosixPath(e) for e in image_env(dockerfile).get("PYTHONPATH", "").split(":")
+               if e]
+    home = homes.pop()
+    if home not in entries:
+        problems.append(f"PYTHONPATH {[str(e) for e in entries]} lacks {home}")
+    problems += [f"PYTHONPATH holds the package folder {e}" for e in entries
+                 if e in dirs.values()]
+    return problems
 
 
 # --- compose.yaml helpers -----------------------------------------------------------------
@@ -320,11 +379,32 @@ def test_dockerfile_installs_the_code_into_opt_nudge(dockerfile: Dockerfile) -> 
             if "from" not in flags:
                 for source in sources:
                     destinations[source.rstrip("/")] = dest
-    for name in ("config", "jobs", "udfs", "schemas", "pyproject.toml"):
+    for name in (*PACKAGES, "pyproject.toml"):
         assert name in destinations, f"{name} is not copied into the image"
         target = PurePosixPath(destinations[name])
         assert target in (IMAGE_HOME, IMAGE_HOME / name), f"{name} goes to {target}"
     assert {"requirements.txt", "constraints.txt"} <= destinations.keys()
+
+
+def test_pythonpath_check_can_fail() -> None:
+    def problems(tail: str) -> list[str]:
+        copies = "".join(f"COPY {name}/ {name}/\n" for name in PACKAGES)
+        return pythonpath_problems(read_dockerfile(f"FROM a:1\nWORKDIR /app\n{copies}{tail}"))
+
+    assert problems("ENV PYTHONPATH=/app\n") == []
+    assert problems("ENV PYTHONPATH /lib:/app\n") == []
+    assert problems("")  # no PYTHONPATH
+    assert problems("ENV PYTHONPATH=/opt/nudge\n")  # not where the code is
+    assert problems("ENV PYTHONPATH=/app:/app/udfs\n")  # udfs/profile.py as `profile`
+    assert problems("COPY udfs/ /srv/udfs/\nENV PYTHONPATH=/app\n")  # two homes
+    assert problems("COPY udfs/ /app/code/\nENV PYTHONPATH=/app\n")  # renamed
+
+
+def test_dockerfile_puts_the_code_on_pythonpath(dockerfile: Dockerfile) -> None:
+    """The job client, the UDF workers (they inherit the task manager's environment) and
+    the generator import config, jobs, udfs and schemas from the image's PYTHONPATH."""
+    assert not pythonpath_problems(dockerfile), pythonpath_problems(dockerfile)
+    assert {path.parent for path in package_dirs(dockerfile).values()} == {IMAGE_HOME}
 
 
 def test_dockerfile_builds_the_venv_and_points_flink_at_it(dockerfile: Dockerfile) -> None:
@@ -476,12 +556,9 @@ def test_nudge_env_vars_are_settings(services: dict[str, Any], dockerfile: Docke
         found.update({k: v for k, v in env.items() if k.startswith("NUDGE_")})
     for name in NUDGE_SERVICES:
         assert environment(services[name]).get("NUDGE_ENV") == "docker", name
-    image_env: dict[str, str] = {}
-    for ins in final_stage(dockerfile).instructions:
-        if ins.keyword == "ENV":
-            image_env.update(dict(w.split("=", 1) for w in shlex.split(ins.args)))
-    assert image_env.get("NUDGE_ENV") == "docker"
-    assert not unknown_nudge_vars(image_env), unknown_nudge_vars(image_env)
+    env = image_env(dockerfile)
+    assert env.get("NUDGE_ENV") == "docker"
+    assert not unknown_nudge_vars(env), unknown_nudge_vars(env)
     assert found.get("NUDGE_ENV") == "docker"
 
 
@@ -526,6 +603,32 @@ def job_name(job: str) -> str:
     return found.group(1)
 
 
+def pyfs_problems(words: list[str]) -> list[str]:
+    """The `-pyfs` entries of a `flink run` or PythonDriver command line that name a package
+    folder (or the folder holding them, and the image's venv). The image has the code on
+    PYTHONPATH, and -pyfs puts each folder itself on the workers' PYTHONPATH, so its
+    modules become top-level ones (udfs/profile.py hides the standard `profile`)."""
+    problems = []
+    for index, word in enumerate(words):
+        if word not in PYFS:
+            continue
+        assert index + 1 < len(words), f"{word} has no value in {' '.join(words)}"
+        for entry in words[index + 1].split(","):
+            path = PurePosixPath(entry.rstrip("/"))
+            if path.name in PACKAGES or path == IMAGE_HOME:
+                problems.append(f"{word} {entry}")
+    return problems
+
+
+def test_pyfs_check_can_fail() -> None:
+    assert pyfs_problems(["flink", "run", "-py", "/opt/nudge/jobs/triggers.py"]) == []
+    assert pyfs_problems(["-pyfs", "/data/extra.zip", "-py", "x.py"]) == []
+    assert pyfs_problems(["-pyfs", "/opt/nudge/config,/opt/nudge/udfs/"]) == \
+        ["-pyfs /opt/nudge/config", "-pyfs /opt/nudge/udfs/"]
+    assert pyfs_problems(["--pyFiles", "schemas"]) == ["--pyFiles schemas"]
+    assert pyfs_problems(["-pyfs", "/opt/nudge"]) == ["-pyfs /opt/nudge"]  # ships the venv
+
+
 def submit_words(service: Mapping[str, Any]) -> list[str]:
     """The one `flink run` command of a submitter, split into words."""
     runs = [w for w in script_lines(service) if w[:2] == ["flink", "run"]]
@@ -543,10 +646,7 @@ def test_submit_command(services: dict[str, Any], job: str) -> None:
     script = option(words, "-py")
     assert in_repo(script).is_file(), f"{script} is not a file of the repository"
     assert script == f"/opt/nudge/jobs/{job}.py"
-    dirs = option(words, "-pyfs").split(",")
-    assert {PurePosixPath(d).name for d in dirs} == {"config", "jobs", "udfs", "schemas"}
-    for d in dirs:
-        assert in_repo(d).is_dir(), f"{d} is not a folder of the repository"
+    assert not pyfs_problems(words), pyfs_problems(words)
     assert f"{job_name(job)} (RUNNING)" in " ".join(argv(submit))
     needs = submit["depends_on"]
     assert needs["jobmanager"]["condition"] == "service_healthy"
@@ -690,16 +790,7 @@ def driver_args(doc: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
 def image_files(dockerfile: Dockerfile) -> dict[PurePosixPath, Path]:
     """Where the final stage's COPY lines put the repository's files: image path -> file."""
     files: dict[PurePosixPath, Path] = {}
-    workdir = PurePosixPath("/")
-    for ins in final_stage(dockerfile).instructions:
-        if ins.keyword == "WORKDIR":
-            workdir = workdir / ins.args
-        if ins.keyword not in ("COPY", "ADD"):
-            continue
-        flags, sources, dest = copy_parts(ins)
-        if "from" in flags:
-            continue
-        target = workdir / dest
+    for sources, dest, target in repo_copies(dockerfile):
         for source in sources:
             path = ROOT / source
             if path.is_dir():
@@ -783,8 +874,7 @@ def test_k8s_flink_deployment(manifests: dict[str, dict[str, Any]], job: str,
 
 @pytest.mark.parametrize("job", JOBS)
 def test_k8s_runs_the_images_copy_of_the_job(manifests: dict[str, dict[str, Any]], job: str,
-                                             dockerfile: Dockerfile,
-                                             services: dict[str, Any]) -> None:
+                                             dockerfile: Dockerfile) -> None:
     spec = manifests[job]["spec"]["job"]
     version = dockerfile.global_args["FLINK_VERSION"]
     assert spec["jarURI"] == f"local:///opt/flink/opt/flink-python-{version}.jar"
@@ -793,10 +883,8 @@ def test_k8s_runs_the_images_copy_of_the_job(manifests: dict[str, dict[str, Any]
     files = image_files(dockerfile)
     script = PurePosixPath(options["-py"])
     assert files.get(script) == ROOT / "jobs" / f"{job}.py", f"{script} is not jobs/{job}.py"
-    folders = options["-pyfs"].split(",")
-    for folder in folders:
-        assert any(PurePosixPath(folder) in f.parents for f in files), f"{folder} not in image"
-    assert folders == option(submit_words(services[f"submit-{job}"]), "-pyfs").split(",")
+    args = [str(a) for a in spec["args"]]
+    assert not pyfs_problems(args), f"{job}.yaml: {pyfs_problems(args)}"
     assert options["-pyclientexec"] == image_flink_options(dockerfile)["python.client.executable"]
     assert job_args == ["--env", "cluster"]
     assert pod_env(manifests[job])["NUDGE_ENV"]["value"] == "cluster"
