@@ -15,7 +15,7 @@ SEED   ?= 7
 BENCH_EVENTS ?= 300000
 
 .PHONY: help setup jars lock up down ps logs topics clean test test-unit test-pipeline \
-        test-integration lint demo produce triggers profiles bench
+        test-integration lint demo produce triggers profiles bench submit stop resume status
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -84,6 +84,21 @@ profiles: setup jars up ## Run the profiles job on a local minicluster until Ctr
 
 demo: setup jars up ## End to end: generate traffic, run the jobs, print what happened
 	$(PY) -m jobs.demo --events $(EVENTS) --seed $(SEED)
+
+JOB ?= triggers
+OPS := $(PY) scripts/ops.py
+
+submit: setup jars ## Submit a job to the Flink cluster of `make up` or $$FLINK_REST (JOB=triggers|profiles)
+	$(OPS) submit $(JOB)
+
+stop: setup ## Stop a job with a savepoint and print its path (JOB=triggers|profiles)
+	$(OPS) stop $(JOB)
+
+resume: setup jars ## Resume a job from its latest savepoint, or SAVEPOINT=… (JOB=…)
+	$(OPS) resume $(JOB) $(if $(SAVEPOINT),--savepoint $(SAVEPOINT))
+
+status: setup ## Health of both jobs from the Flink REST API and Kafka; exit 0 = healthy
+	@$(OPS) status
 
 bench: setup jars up ## Throughput of both jobs and a JVM-only reference (make bench BENCH_EVENTS=300000)
 	$(PY) scripts/bench.py --events $(BENCH_EVENTS)

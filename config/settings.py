@@ -35,6 +35,10 @@ CONFIG_DIR = Path(__file__).resolve().parent
 ROOT = CONFIG_DIR.parent
 ENVIRONMENTS = ("local", "docker", "cluster")
 ENV_PREFIX = "NUDGE_"
+# flink.checkpoint_retention values → Flink's externalized-checkpoint-retention
+CHECKPOINT_RETENTION = {"retain_on_cancellation": "RETAIN_ON_CANCELLATION",
+                        "delete_on_cancellation": "DELETE_ON_CANCELLATION",
+                        "no_externalized": "NO_EXTERNALIZED_CHECKPOINTS"}
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|min|h|d)?\s*$")
 _UNIT_MS = {None: 1, "ms": 1, "s": 1000, "m": 60_000, "min": 60_000, "h": 3_600_000,
@@ -163,21 +167,45 @@ class ProfileSettings:
 class FlinkSettings:
     parallelism: int
     checkpoint_interval_ms: int
+    watermark_interval_ms: int
     python_execution_mode: str
     python_bundle_size: int
     python_bundle_time_ms: int
     python_state_cache_size: int
     checkpoint_dir: str
+    checkpoint_timeout_ms: int
+    checkpoint_min_pause_ms: int
+    tolerable_checkpoint_failures: int
+    checkpoint_retention: str
+    state_backend: str
+    incremental_checkpoints: bool
+    restart_initial_backoff_ms: int
+    restart_max_backoff_ms: int
     jars: tuple[str, ...] = field(default_factory=tuple)
 
     def check(self) -> None:
         _require(self.parallelism >= 1, "flink.parallelism", "must be at least 1")
         _require(self.checkpoint_interval_ms >= 100, "flink.checkpoint_interval_ms",
                  "must be at least 100ms")
+        _require(self.watermark_interval_ms >= 10, "flink.watermark_interval_ms",
+                 "must be at least 10ms")
         _require(self.python_execution_mode in ("process", "thread"),
                  "flink.python_execution_mode", "must be process or thread")
-        for name in ("python_bundle_size", "python_bundle_time_ms", "python_state_cache_size"):
+        for name in ("python_bundle_size", "python_bundle_time_ms", "python_state_cache_size",
+                     "checkpoint_timeout_ms", "restart_initial_backoff_ms"):
             _require(getattr(self, name) > 0, f"flink.{name}", "must be positive")
+        _require(self.checkpoint_timeout_ms > self.checkpoint_interval_ms // 2,
+                 "flink.checkpoint_timeout_ms", "must exceed half the checkpoint interval")
+        _require(self.checkpoint_min_pause_ms >= 0, "flink.checkpoint_min_pause_ms",
+                 "must not be negative")
+        _require(self.tolerable_checkpoint_failures >= 0,
+                 "flink.tolerable_checkpoint_failures", "must not be negative")
+        _require(self.checkpoint_retention in CHECKPOINT_RETENTION,
+                 "flink.checkpoint_retention", f"must be one of {', '.join(CHECKPOINT_RETENTION)}")
+        _require(self.state_backend in ("hashmap", "rocksdb"), "flink.state_backend",
+                 "must be hashmap or rocksdb")
+        _require(self.restart_max_backoff_ms >= self.restart_initial_backoff_ms,
+                 "flink.restart_max_backoff_ms", "must be at least restart_initial_backoff_ms")
 
     def checkpoint_uri(self) -> str | None:
         """Where checkpoints go: a URI, a path (relative to the repository root), or

@@ -23,7 +23,7 @@ from typing import Any
 
 from pyflink.datastream import KeyedProcessFunction
 
-from config.settings import ROOT, Settings
+from config.settings import Settings
 from jobs.source import positions
 from jobs.triggers import SIGNAL_COLUMNS
 
@@ -72,9 +72,10 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         group.gauge("last_emit_latency_ms", lambda: self.last_latency)
         self.resolver = None
         if self.avro:
+            from schemas import SCHEMA_DIR
             from udfs.codecs import LocalSchemas
 
-            self.resolver = LocalSchemas(ROOT / "schemas")
+            self.resolver = LocalSchemas(SCHEMA_DIR)
 
     # --- input -------------------------------------------------------------------------
 

@@ -44,12 +44,11 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, NamedTuple
 
+from schemas import SCHEMA_DIR as SCHEMAS_DIR
 from udfs.codecs import LocalSchemas, SchemaResolver, encode_avro, encode_json
 
-SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 EVENT_SCHEMA_ID = 1  # event.v1.avsc in schemas/registry.json
 UNKNOWN_SCHEMA_ID = 9_999  # never in schemas/registry.json
 

@@ -42,6 +42,26 @@ def settings_or_exit(env: str | None) -> Settings:
         raise SystemExit(2) from exc
 
 
+def checkpoint_options(f: Any) -> dict[str, str]:
+    """Flink options for checkpoints, state backend and restarts (settings `flink.*`)."""
+    from config.settings import CHECKPOINT_RETENTION
+
+    return {
+        "execution.checkpointing.timeout": f"{f.checkpoint_timeout_ms} ms",
+        "execution.checkpointing.min-pause": f"{f.checkpoint_min_pause_ms} ms",
+        "execution.checkpointing.tolerable-failed-checkpoints":
+            str(f.tolerable_checkpoint_failures),
+        "execution.checkpointing.externalized-checkpoint-retention":
+            CHECKPOINT_RETENTION[f.checkpoint_retention],
+        "execution.checkpointing.incremental": str(f.incremental_checkpoints).lower(),
+        "state.backend.type": f.state_backend,
+        "restart-strategy.type": "exponential-delay",
+        "restart-strategy.exponential-delay.initial-backoff": f"{f.restart_initial_backoff_ms} ms",
+        "restart-strategy.exponential-delay.max-backoff": f"{f.restart_max_backoff_ms} ms",
+        "restart-strategy.exponential-delay.reset-backoff-threshold": "1 h",
+    }
+
+
 def create_environments(settings: Settings) -> tuple[Any, Any]:
     """A StreamExecutionEnvironment and its StreamTableEnvironment, configured."""
     from pyflink.common import Configuration
@@ -64,8 +84,11 @@ def create_environments(settings: Settings) -> tuple[Any, Any]:
     if checkpoints:
         conf.set_string("execution.checkpointing.storage", "filesystem")
         conf.set_string("execution.checkpointing.dir", checkpoints)
+    for key, value in checkpoint_options(f).items():
+        conf.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(f.parallelism)
+    env.get_config().set_auto_watermark_interval(f.watermark_interval_ms)
     env.enable_checkpointing(f.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     t_env = StreamTableEnvironment.create(
         env, environment_settings=EnvironmentSettings.in_streaming_mode())

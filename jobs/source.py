@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from config.settings import ROOT, Settings
+from config.settings import Settings
 
 # The normalized event columns handed downstream, in order. Fields the triggers and
 # profiles never read (device, country, referrer, page_url) are dropped here: data
@@ -72,11 +72,12 @@ def _parse_event_function(settings: Settings) -> Any:
 
     class ParseEvent(TableFunction):  # type: ignore[misc]
         def open(self, function_context: Any) -> None:
+            from schemas import SCHEMA_DIR
             from udfs.codecs import LocalSchemas, RegistrySchemas
             from udfs.events import EventRules
 
             self.resolver = (RegistrySchemas(registry_url) if registry_url
-                             else LocalSchemas(ROOT / "schemas"))
+                             else LocalSchemas(SCHEMA_DIR))
             self.rules = EventRules(max_future_ms=events.max_future_ms,
                                     default_currency=events.default_currency)
             group = function_context.get_metric_group().add_group("nudge")

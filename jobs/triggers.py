@@ -19,7 +19,7 @@ candidate firings (see docs/design.md for the measurements behind this split). T
 themselves live in ``udfs/`` (cart.py, browse.py, high_intent.py, gate.py).
 
     python -m jobs.triggers              # local minicluster, until Ctrl-C
-    flink run -py jobs/triggers.py -pyfs config,jobs,udfs,schemas   # a cluster
+    make submit JOB=triggers             # a Flink cluster (scripts/ops.py, docs/operations.md)
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
 JARS = ROOT / "build" / "jars"
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+PROMETHEUS_PORTS = (9249, 9259)
 SERVICES = ("kafka", "redis", "flink")
 
 KAFKA_PORT, KAFKA_CONTROLLER_PORT, REDIS_PORT, FLINK_REST_PORT = 9092, 9093, 6379, 8081
@@ -259,7 +260,11 @@ def flink_env() -> dict[str, str]:
     connector = sorted((JARS / "flink").glob("*.jar"))
     if not connector:
         raise StackError(f"flink: no connector jar in {JARS / 'flink'} (run `make jars`)")
-    for jar in [*sorted((home / "lib").glob("*.jar")), *connector]:
+    # flink-python in lib/ (not shipped with every job): a per-job copy is loaded by each
+    # job's class loader and leaks Metaspace until the TaskManager dies (seen after ~8
+    # submissions: OutOfMemoryError: Metaspace).
+    python_jar = sorted((home / "opt").glob("flink-python-*.jar"))
+    for jar in [*sorted((home / "lib").glob("*.jar")), *python_jar, *connector]:
         (lib / jar.name).symlink_to(jar)
     for name in ("log4j.properties", "log4j-console.properties", "log4j-cli.properties",
                  "log4j-session.properties", "logback.xml"):
@@ -278,6 +283,7 @@ def flink_env() -> dict[str, str]:
         "taskmanager.host": "127.0.0.1",
         "taskmanager.numberOfTaskSlots": FLINK_SLOTS,
         "taskmanager.memory.process.size": "4096m",
+        "taskmanager.memory.jvm-metaspace.size": "512m",
         "parallelism.default": 2,
         "rest.address": "127.0.0.1",
         "rest.bind-address": "127.0.0.1",
@@ -288,6 +294,10 @@ def flink_env() -> dict[str, str]:
         "execution.checkpointing.savepoint-dir": (FLINK_DIR / "savepoints").as_uri(),
         "state.backend.type": "hashmap",
         "web.submit.enable": "true",
+        # /metrics for Prometheus: JobManager on the first free port, TaskManager the next.
+        "metrics.reporter.prom.factory.class":
+            "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
+        "metrics.reporter.prom.port": f"{PROMETHEUS_PORTS[0]}-{PROMETHEUS_PORTS[1]}",
     }
     (conf / "config.yaml").write_text(
         "# Written by scripts/stack.py for the local Flink session cluster.\n"

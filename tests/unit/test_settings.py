@@ -64,6 +64,11 @@ def test_environment_variables_override_any_path() -> None:
     ({"NUDGE_EVENTS__DEFAULT_CURRENCY": "euro"}, "events.default_currency"),
     ({"NUDGE_TRIGGERS__CART": "1"}, "triggers.cart"),
     ({"NUDGE_ENV": "staging"}, "NUDGE_ENV"),
+    ({"NUDGE_FLINK__STATE_BACKEND": "memory"}, "flink.state_backend"),
+    ({"NUDGE_FLINK__CHECKPOINT_RETENTION": "keep"}, "flink.checkpoint_retention"),
+    ({"NUDGE_FLINK__CHECKPOINT_TIMEOUT_MS": "1s"}, "flink.checkpoint_timeout_ms"),
+    ({"NUDGE_FLINK__RESTART_MAX_BACKOFF_MS": "10ms"}, "flink.restart_max_backoff_ms"),
+    ({"NUDGE_FLINK__WATERMARK_INTERVAL_MS": "1ms"}, "flink.watermark_interval_ms"),
 ])
 def test_invalid_settings_name_the_setting(environ: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=rf"setting {named}\b"):
@@ -88,3 +93,15 @@ def test_settings_are_frozen() -> None:
     s = load_settings("local", {})
     with pytest.raises(AttributeError):
         s.kafka.bootstrap = "elsewhere"  # type: ignore[misc]
+
+
+def test_cluster_overlay_checkpoints_for_production() -> None:
+    from jobs.runtime import checkpoint_options
+
+    options = checkpoint_options(load_settings("cluster", {}).flink)
+    assert options["state.backend.type"] == "rocksdb"
+    assert options["execution.checkpointing.incremental"] == "true"
+    assert options["execution.checkpointing.externalized-checkpoint-retention"] == \
+        "RETAIN_ON_CANCELLATION"
+    assert options["restart-strategy.type"] == "exponential-delay"
+    assert options["execution.checkpointing.timeout"] == "600000 ms"

@@ -1,0 +1,178 @@
+"""Operations on the standalone Flink cluster of the local stack (`scripts/ops.py`):
+submit both jobs with `flink run`, read their health with `status`, and upgrade the
+triggers job with stop-with-savepoint → resume without losing keyed state.
+
+The stop → resume trace (minutes after T0, two hours ago):
+
+    u-keep     +p1                                  ─ pending cart, deadline T0 + 30
+    u-fill-*   v ... v (to T0 + 10)                 ─ watermark to T0 + 10 on every partition
+               ── stop with savepoint; the topic's records are deleted ──
+    u-fill-*   v (T0 + 45)                          ─ watermark past the deadline
+               ── resume from the savepoint ──►  cart_abandoned for u-keep @ T0 + 30
+
+The add_to_cart is gone from Kafka when the job resumes, so the notification can only
+come from the cart state restored from the savepoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+
+from tests.integration.kafka_io import consume
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from scripts import ops  # noqa: E402
+
+M = 60_000
+PARTITIONS = 2
+
+
+@pytest.fixture
+def cluster_env(stack: dict[str, str], topic_factory, test_environ: dict[str, str]  # type: ignore[no-untyped-def]
+                ) -> Iterator[dict[str, str]]:
+    """Fresh topics and consumer groups for jobs submitted to the stack's cluster; no
+    nudge job may be running there already (they would hold the slots)."""
+    for name in ops.JOBS.values():
+        job = ops.find_job(name)
+        if job is not None:
+            print(f"cancelling leftover {name} ({job['jid']})")
+            ops.rest(f"/jobs/{job['jid']}?mode=cancel", "PATCH")
+    suffix = uuid.uuid4().hex[:8]
+    env = {**test_environ, "FLINK_REST": stack["flink_rest"],
+           "NUDGE_TOPICS__EVENTS": topic_factory("ops-events", PARTITIONS),
+           "NUDGE_TOPICS__NOTIFICATIONS": topic_factory("ops-notifications", PARTITIONS),
+           "NUDGE_KAFKA__GROUP_ID": f"ops-{suffix}",
+           "NUDGE_REDIS__KEY_PREFIX": f"ops-{suffix}:",
+           "NUDGE_FLINK__CHECKPOINT_INTERVAL_MS": "2s"}
+    env.pop("NUDGE_ENV", None)
+    saved = dict(os.environ)
+    os.environ.update(env)  # ops.* read FLINK_REST and pass NUDGE_* to `flink run`
+    try:
+        yield env
+    finally:
+        for name in ops.JOBS.values():
+            job = ops.find_job(name)
+            if job is not None:
+                ops.rest(f"/jobs/{job['jid']}?mode=cancel", "PATCH")
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def send(bootstrap: str, topic: str, events: list[dict]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for event in events:
+        producer.send(topic, key=event["user_id"].encode(), value=json.dumps(event).encode(),
+                      partition=event.pop("_partition", None), timestamp_ms=event["ts"])
+    producer.flush()
+    producer.close()
+
+
+def fillers(t0: int, minutes: list[float], tag: str) -> list[dict]:
+    """A page_view per partition at each minute: event time moves on every partition."""
+    return [{"event_id": f"fill-{tag}-{p}-{m}", "event_type": "page_view",
+             "user_id": f"u-fill-{p}", "ts": t0 + int(m * M), "_partition": p}
+            for m in minutes for p in range(PARTITIONS)]
+
+
+def wait_for(check, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(1)
+    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def committed_all(bootstrap: str, group: str, topic: str) -> bool:
+    return ops.consumer_lag(bootstrap, group, topic) == 0
+
+
+def run_status(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "scripts/ops.py", "status"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_submit_both_jobs_then_status_is_healthy_and_names_operators(
+        stack: dict[str, str], cluster_env: dict[str, str]) -> None:
+    t0 = (int(time.time() * 1000) - 2 * 3_600_000) // M * M
+    events = [{"event_id": f"s-{i}", "event_type": "product_view", "user_id": f"u-s{i % 3}",
+               "product_id": f"p{i}", "category": "shoes", "ts": t0 + i * 1000}
+              for i in range(30)]
+    send(stack["bootstrap"], cluster_env["NUDGE_TOPICS__EVENTS"], events)
+
+    ids = {job: ops.submit(job) for job in ("triggers", "profiles")}
+
+    overview = {j["jid"]: j for j in ops.rest("/jobs/overview")["jobs"]}
+    for job, job_id in ids.items():
+        assert overview[job_id]["state"] == "RUNNING"
+        assert overview[job_id]["name"] == ops.JOBS[job]
+    vertex_names = [v["name"] for v in ops.rest(f"/jobs/{ids['triggers']}")["vertices"]]
+    assert any(n.startswith("triggers: cart, checkout, browse, high intent") for n in vertex_names)
+    for job in ids:
+        wait_for(lambda job=job: committed_all(
+            stack["bootstrap"], f"{cluster_env['NUDGE_KAFKA__GROUP_ID']}-{job}",
+            cluster_env["NUDGE_TOPICS__EVENTS"]), 90, f"{job} to commit all offsets")
+    # Python metrics reach Flink at bundle ends; wait until the parse counter shows all.
+    wait_for(lambda: "events_parsed          30" in run_status(cluster_env).stdout, 60,
+             "events_parsed = 30 in the status output")
+
+    result = run_status(cluster_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "nudge-triggers: healthy" in result.stdout
+    assert "nudge-profiles: healthy" in result.stdout
+    assert "consumer lag           0 records" in result.stdout
+    assert "last checkpoint" in result.stdout and "none yet" not in result.stdout
+
+    unreachable = run_status({**cluster_env, "FLINK_REST": "http://127.0.0.1:1"})
+    assert unreachable.returncode == 2
+    assert "cannot reach the Flink cluster at http://127.0.0.1:1" in unreachable.stdout
+
+
+def test_stop_with_savepoint_then_resume_keeps_a_pending_cart(
+        stack: dict[str, str], cluster_env: dict[str, str]) -> None:
+    bootstrap, topic = stack["bootstrap"], cluster_env["NUDGE_TOPICS__EVENTS"]
+    group = f"{cluster_env['NUDGE_KAFKA__GROUP_ID']}-triggers"
+    t0 = (int(time.time() * 1000) - 2 * 3_600_000) // M * M
+    cart = {"event_id": "keep-1", "event_type": "add_to_cart", "user_id": "u-keep",
+            "product_id": "p1", "quantity": 2, "price": 10.0, "ts": t0}
+    send(bootstrap, topic, [cart, *fillers(t0, [1, 5, 10], "before")])
+
+    first = ops.submit("triggers")
+    wait_for(lambda: committed_all(bootstrap, group, topic), 90, "the first run's commits")
+    savepoint = ops.stop("triggers")
+    assert savepoint.startswith("file:")
+    assert json.loads((ops.OPS_DIR / "triggers.savepoint").read_text())["job_id"] == first
+    assert ops.find_job(ops.JOBS["triggers"]) is None
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
+    consumer.close()
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.delete_records(ends)  # the add_to_cart cannot be read again
+    admin.close()
+    send(bootstrap, topic, fillers(t0, [45], "after"))
+
+    resumed = ops.submit("triggers", ops.latest_savepoint("triggers"))
+    restored = ops.rest(f"/jobs/{resumed}/checkpoints")["latest"]["restored"]
+    assert restored is not None
+    assert restored["external_path"].rstrip("/").rsplit("/", 1)[1] == \
+        savepoint.rstrip("/").rsplit("/", 1)[1]
+
+    records = consume(bootstrap, cluster_env["NUDGE_TOPICS__NOTIFICATIONS"], want=1,
+                      timeout_s=90, settle_s=5, isolation_level="read_committed")
+    notifications = [json.loads(r.value) for r in records]
+    assert [(n["trigger"], n["user_id"], n["fired_at"]) for n in notifications] == [
+        ("cart_abandoned", "u-keep", t0 + 30 * M)]
+    assert notifications[0]["payload"]["cart_value"] == 20.0
