@@ -7,7 +7,9 @@ the Redis hash ``profile:<user_id>``.
                                                                                        ▼
            ProfileFunction (Python, keyed by user; rules in udfs/profile.py)
              windows 10m/1m and 1h/5m as sums of slices, 0s once a window is empty,
-             lifetime figures, segments ─► Redis (guarded, idempotent, TTL refreshed)
+             lifetime figures, segments ─► Redis operations
+           RedisBatchWriter (pandas UDF) ─► one Redis pipeline per batch (guarded,
+             idempotent, TTL refreshed)
 
 Flink SQL reduces the events to one row per user and minute with activity; Python sees
 those rows and writes each window as the watermark passes its end.
@@ -27,6 +29,7 @@ if __package__ in (None, ""):  # `flink run -py jobs/profiles.py` runs this file
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pyflink.datastream import KeyedProcessFunction  # noqa: E402
+from pyflink.table.udf import ScalarFunction  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
 from jobs.runtime import run_job  # noqa: E402
@@ -39,6 +42,8 @@ from jobs.source import (  # noqa: E402
 )
 
 JOB_NAME = "nudge-profiles"
+# What the profile function emits: one Redis operation (udfs/profile_store.py) per row.
+OP_FIELDS = ("op", "key", "args")
 
 SIGNAL_COLUMNS = (
     "kind STRING", "user_id STRING", "ts BIGINT", "events BIGINT", "product_views BIGINT",
@@ -122,7 +127,7 @@ def cart_abandonments(t_env: Any, settings: Settings, bounded: bool = False) -> 
 
 
 def build_profiles(t_env: Any, settings: Settings, bounded: bool = False) -> Any:
-    """slices + consent + cart abandonments → the keyed profile function (→ Redis)."""
+    """slices + consent + cart abandonments → the keyed profile function → Redis ops."""
     from pyflink.common import Types
 
     signals = (slices(t_env, settings)
@@ -130,9 +135,29 @@ def build_profiles(t_env: Any, settings: Settings, bounded: bool = False) -> Any
                .union_all(cart_abandonments(t_env, settings, bounded)))
     return (t_env.to_data_stream(signals)
             .key_by(lambda row: row[USER_ID], key_type=Types.STRING())
-            .process(ProfileFunction(settings), output_type=Types.STRING())
-            .name("profiles: windows, lifetime, segments → Redis")
+            .process(ProfileFunction(settings),
+                     output_type=Types.ROW_NAMED(list(OP_FIELDS), [Types.STRING()] * 3))
+            .name("profiles: windows, lifetime, segments → Redis ops")
             .uid("profile-function"))
+
+
+def write_to_redis(t_env: Any, settings: Settings, statements: Any, ops: Any) -> None:
+    """The profile function's Redis operations, applied in pipelined batches by a
+    vectorized (pandas) UDF: each call gets up to an Arrow batch of rows — all the writes
+    of a bundle, e.g. every user whose window ended at one watermark — and sends them in
+    one round trip. The call returns only when Redis has acknowledged them, and a bundle
+    ends before a checkpoint barrier passes: at-least-once, and idempotent."""
+    from pyflink.table import DataTypes
+    from pyflink.table.udf import udf
+
+    t_env.create_temporary_view("profile_ops", t_env.from_data_stream(ops))
+    t_env.create_temporary_function(
+        "redis_apply", udf(RedisBatchWriter(settings), result_type=DataTypes.BIGINT(),
+                           func_type="pandas"))
+    t_env.execute_sql("CREATE TEMPORARY TABLE profile_ops_done (n BIGINT) "
+                      "WITH ('connector' = 'blackhole')")
+    statements.add_insert_sql(
+        "INSERT INTO profile_ops_done SELECT redis_apply(op, `key`, args) FROM profile_ops")
 
 
 def build(env: Any, t_env: Any, settings: Settings, topic: str | None = None,
@@ -143,33 +168,63 @@ def build(env: Any, t_env: Any, settings: Settings, topic: str | None = None,
     # The triggers job dead-letters what the source stage rejects; this one only counts.
     read_events(t_env, settings, statements, group_id=f"{settings.kafka.group_id}-profiles",
                 topic=topic, bounded=bounded, dead_letters=False)
-    written = build_profiles(t_env, settings, bounded)
-    # The function writes to Redis itself; its output (one line per write) is discarded.
-    written.sink_to(_discard()).name("discard").uid("profile-writes-discard")
+    write_to_redis(t_env, settings, statements, build_profiles(t_env, settings, bounded))
     statements.attach_as_datastream()
 
 
-def _discard() -> Any:
-    """Flink's DiscardingSink (Sink V2): the profile writes happen inside the function."""
-    from pyflink.datastream.connectors import Sink
+class RedisBatchWriter(ScalarFunction):  # type: ignore[misc]
+    """pandas UDF: (op, key, args as JSON) batches → one Redis pipeline per batch."""
 
-    return Sink("org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink")
+    def __init__(self, settings: Settings) -> None:
+        self.redis_url = settings.redis.url
+        self.ttl_ms = settings.redis.profile_ttl_ms
+        self.max_wait_s = settings.profiles.redis_max_wait_ms / 1000
+
+    def open(self, function_context: Any) -> None:
+        import redis
+
+        from udfs.profile_store import ProfileStore
+
+        group = function_context.get_metric_group().add_group("nudge")
+        self.writes = group.counter("profile_writes")
+        self.deletes = group.counter("profile_deletes")
+        self.batches = group.counter("redis_batches")
+        self.retries = group.counter("redis_retries")
+        self.failures = group.counter("redis_failures")
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=5,
+                                      socket_connect_timeout=5)
+        self.store = ProfileStore(client, "", self.ttl_ms, max_wait_s=self.max_wait_s,
+                                  on_retry=self.retries.inc)
+
+    def eval(self, ops: Any, keys: Any, args: Any) -> Any:
+        import pandas as pd
+
+        from udfs.profile_store import DELETE
+
+        batch = [(op, key, json.loads(a)) for op, key, a in zip(ops, keys, args, strict=True)]
+        try:
+            self.store.apply(batch)
+        except Exception:
+            self.failures.inc()
+            raise
+        deletes = sum(1 for op, _, _ in batch if op == DELETE)
+        self.deletes.inc(deletes)
+        self.writes.inc(len(batch) - deletes)
+        self.batches.inc()
+        return pd.Series([1] * len(batch), dtype="int64")
 
 
 class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
-    """Thin adapter: keyed state ↔ udfs.profile, event-time timers at window ends,
-    writes through udfs.profile_store."""
+    """Thin adapter: keyed state ↔ udfs.profile, event-time timers at window ends; emits
+    the Redis operations (op, key, args) that RedisBatchWriter applies."""
 
     def __init__(self, settings: Settings) -> None:
         self.rules = profile_rules(settings)
-        self.redis_url = settings.redis.url
         self.key_prefix = settings.redis.key_prefix
         self.ttl_ms = settings.redis.profile_ttl_ms
-        self.max_wait_s = settings.profiles.redis_max_wait_ms / 1000
         self.default_consent = settings.triggers.default_personalization_consent
 
     def open(self, runtime_context: Any) -> None:
-        import redis
         from pyflink.common import Types
         from pyflink.datastream.state import ValueStateDescriptor
 
@@ -181,15 +236,8 @@ class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
             ValueStateDescriptor("consent", Types.PICKLED_BYTE_ARRAY()))
         group = runtime_context.get_metrics_group().add_group("nudge")
         self.slices_in = group.counter("slices_in")
-        self.writes = group.counter("profile_writes")
         self.zeroed = group.counter("windows_zeroed")
-        self.deletes = group.counter("profile_deletes")
-        self.retries = group.counter("redis_retries")
-        self.failures = group.counter("redis_failures")
-        client = redis.Redis.from_url(self.redis_url, socket_timeout=5,
-                                      socket_connect_timeout=5)
-        self.store = ProfileStore(client, self.key_prefix, self.ttl_ms,
-                                  max_wait_s=self.max_wait_s, on_retry=self.retries.inc)
+        self.ops = ProfileStore(None, self.key_prefix, self.ttl_ms)  # builds ops only
 
     def _profile(self) -> Any:
         from udfs.profile import ProfileState
@@ -200,6 +248,12 @@ class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
     def _granted(self) -> bool:
         consent = self.consent.value()
         return self.default_consent if consent is None else consent[1]
+
+    @staticmethod
+    def _row(op: tuple[str, str, list[str]]) -> Any:
+        from pyflink.common import Row
+
+        return Row(op[0], op[1], json.dumps(op[2]))
 
     def process_element(self, row: Any, ctx: Any) -> Any:
         from udfs import profile
@@ -221,24 +275,20 @@ class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
             if timer is not None:
                 ctx.timer_service().register_event_time_timer(timer)
         elif kind == "consent":
-            self._on_consent(row[TS], bool(row[PERSONALIZATION]), ctx.get_current_key())
+            yield from self._on_consent(row[TS], bool(row[PERSONALIZATION]),
+                                        ctx.get_current_key())
         elif kind == "cart_abandoned":
             state = profile.on_cart_abandoned(self._profile(), row[TS])
             self.state.update(state.to_state())
 
-    def _on_consent(self, ts: int, granted: bool, user_id: str) -> None:
+    def _on_consent(self, ts: int, granted: bool, user_id: str) -> Any:
         consent = self.consent.value()
         if consent is not None and consent[0] > ts:
             return  # an older statement than the one in force
         self.consent.update((ts, granted))
         if not granted:
             self.state.clear()
-            try:
-                self.store.delete(user_id)
-                self.deletes.inc()
-            except Exception:
-                self.failures.inc()
-                raise
+            yield self._row(self.ops.delete_op(user_id))
 
     def on_timer(self, timestamp: int, ctx: Any) -> Any:
         from udfs import profile
@@ -247,15 +297,8 @@ class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
             return
         state, write = profile.on_window_end(self._profile(), self.rules, timestamp)
         if write is not None:
-            user_id = ctx.get_current_key()
-            try:
-                self.store.write(user_id, write)
-            except Exception:
-                self.failures.inc()
-                raise
-            self.writes.inc()
             self.zeroed.inc(sum(1 for _, figures in write.windows if figures.empty))
-            yield f"{user_id}@{timestamp}"
+            yield self._row(self.ops.write_op(ctx.get_current_key(), write))
         self.state.update(state.to_state())
         following = profile.next_timer(state, self.rules, after=timestamp)
         if following is not None:

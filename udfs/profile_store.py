@@ -1,7 +1,8 @@
 """Writes ``profile:<user_id>`` hashes to Redis: idempotent, guarded, retried.
 
-Every write is one ``EVALSHA`` of ``GUARDED_WRITE``, which sets each part of the hash
-only when it is not older than what Redis holds:
+Every write is one ``EVALSHA`` of ``GUARDED_WRITE`` (many of them pipelined in one round
+trip by ``ProfileStore.apply``), which sets each part of the hash only when it is not
+older than what Redis holds:
 
     part          guard field        written when
     10m window    window_end_10m     new window_end_10m >= stored
@@ -20,7 +21,7 @@ dropped, and a checkpoint is never blocked for longer than ``max_wait_s``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from udfs.profile import ProfileWrite
@@ -60,8 +61,16 @@ def script_args(write: ProfileWrite, ttl_ms: int) -> list[str]:
     return args
 
 
+WRITE, DELETE = "write", "delete"
+
+
 class ProfileStore:
-    """Profile writes and deletes against one Redis, with retries."""
+    """Profile writes and deletes against one Redis, pipelined and retried.
+
+    ``apply`` sends a whole batch — ``(op, key, args)`` with op ``write`` (the ARGV of
+    ``GUARDED_WRITE``) or ``delete`` — in one round trip. Every operation is idempotent,
+    so a batch that failed half-way is simply sent again.
+    """
 
     def __init__(self, client: Any, key_prefix: str, ttl_ms: int, *, max_wait_s: float = 30.0,
                  on_retry: Callable[[], None] = lambda: None,
@@ -77,24 +86,46 @@ class ProfileStore:
     def key(self, user_id: str) -> str:
         return f"{self.key_prefix}profile:{user_id}"
 
+    def write_op(self, user_id: str, write: ProfileWrite) -> tuple[str, str, list[str]]:
+        return WRITE, self.key(user_id), script_args(write, self.ttl_ms)
+
+    def delete_op(self, user_id: str) -> tuple[str, str, list[str]]:
+        return DELETE, self.key(user_id), []
+
     def write(self, user_id: str, write: ProfileWrite) -> None:
-        args = script_args(write, self.ttl_ms)
-        self._retry(lambda: self._eval(self.key(user_id), args))
+        self.apply([self.write_op(user_id, write)])
 
     def delete(self, user_id: str) -> int:
         """Remove the user's profile; returns the number of keys deleted."""
-        return int(self._retry(lambda: self.client.delete(self.key(user_id))))
+        return int(self.apply([self.delete_op(user_id)])[0])
 
-    def _eval(self, key: str, args: list[str]) -> Any:
+    def apply(self, batch: Sequence[tuple[str, str, Sequence[str]]]) -> list[Any]:
+        """Send `batch` in one pipeline (in order); the results, one per operation."""
+        if not batch:
+            return []
+        return list(self._retry(lambda: self._send(batch)))
+
+    def _send(self, batch: Sequence[tuple[str, str, Sequence[str]]]) -> list[Any]:
         from redis.exceptions import NoScriptError
 
         if self._sha is None:
             self._sha = self.client.script_load(GUARDED_WRITE)
         try:
-            return self.client.evalsha(self._sha, 1, key, *args)
+            return self._pipeline(batch)
         except NoScriptError:  # Redis restarted and lost its script cache
             self._sha = self.client.script_load(GUARDED_WRITE)
-            return self.client.evalsha(self._sha, 1, key, *args)
+            return self._pipeline(batch)
+
+    def _pipeline(self, batch: Sequence[tuple[str, str, Sequence[str]]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for op, key, args in batch:
+            if op == WRITE:
+                pipe.evalsha(self._sha, 1, key, *args)
+            elif op == DELETE:
+                pipe.delete(key)
+            else:
+                raise ValueError(f"unknown profile store operation {op!r}")
+        return list(pipe.execute())
 
     def _retry(self, call: Callable[[], Any]) -> Any:
         from redis.exceptions import ConnectionError as RedisConnectionError

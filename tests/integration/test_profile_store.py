@@ -73,3 +73,35 @@ def test_redis_down_is_retried_then_raised() -> None:
     assert len(retries) == len(slept) >= 4
     assert slept[:4] == [0.05, 0.1, 0.2, 0.4]  # exponential backoff
     assert sum(slept) >= 1.0
+
+
+def test_a_batch_goes_in_one_pipeline_in_order(store, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """Newer then older write of one user, a delete then a new write of another, and a
+    third user — one round trip; the guard and the order hold inside the batch."""
+    store.write("u5", write(T0 + M, views=9, events_total=9))
+    batch = [store.write_op("u4", write(T0 + 5 * M, views=4, events_total=10)),
+             store.write_op("u4", write(T0 + 3 * M, views=1, events_total=7)),
+             store.delete_op("u5"),
+             store.write_op("u5", write(T0 + 2 * M, views=2, events_total=2)),
+             store.write_op("u6", write(T0 + 2 * M, views=6, events_total=6))]
+    single_calls: list[tuple] = []
+    plain = redis_client.execute_command
+    redis_client.execute_command = lambda *a, **k: single_calls.append(a) or plain(*a, **k)
+    try:
+        results = store.apply(batch)
+    finally:
+        redis_client.execute_command = plain
+    assert single_calls == []  # nothing outside the pipeline: one round trip
+    assert len(results) == 5 and results[2] == 1  # the delete removed one key
+    u4 = redis_client.hgetall(store.key("u4"))
+    assert (u4[b"window_end_10m"], u4[b"views_10m"]) == (str(T0 + 5 * M).encode(), b"4")
+    assert redis_client.hget(store.key("u5"), "views_10m") == b"2"  # deleted, then written
+    assert redis_client.hget(store.key("u6"), "views_10m") == b"6"
+    assert store.apply([]) == []
+
+
+def test_a_restarted_redis_without_the_script_is_reloaded(store, redis_client) -> None:  # type: ignore[no-untyped-def]
+    store.write("u7", write(T0 + M, views=1, events_total=1))
+    redis_client.script_flush()
+    store.apply([store.write_op("u7", write(T0 + 2 * M, views=3, events_total=3))])
+    assert redis_client.hget(store.key("u7"), "views_10m") == b"3"
