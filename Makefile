@@ -12,10 +12,10 @@ JARS_STAMP  := build/jars/.fetched
 # Demo knobs: `make demo EVENTS=20000`
 EVENTS ?= 5000
 SEED   ?= 7
-BENCH_EVENTS ?= 300000
+BENCH_EVENTS ?= 600000
 
 .PHONY: help setup jars lock up down ps logs topics clean test test-unit test-pipeline \
-        test-integration lint demo produce triggers profiles bench submit stop resume status
+        test-integration test-faults lint demo produce triggers profiles bench submit stop resume status
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -57,8 +57,8 @@ topics: setup ## Create the contract's topics on the running broker
 clean: ## Stop the stack and delete its state (var/)
 	@if test -x $(PY); then $(STACK) clean; else rm -rf var; fi
 
-test: setup jars up ## Run all tests: unit, pipeline (minicluster) and integration (real stack)
-	$(PY) -m pytest tests
+test: setup jars up ## Run the tests: unit, pipeline, integration, fuzzing (cluster faults: test-faults)
+	$(PY) -m pytest tests -m "not cluster_faults"
 
 test-unit: setup ## Run the unit tests only (pure Python, no JVM)
 	$(PY) -m pytest tests/unit
@@ -68,6 +68,9 @@ test-pipeline: setup jars ## Run the minicluster pipeline tests only
 
 test-integration: setup jars up ## Run the integration tests only (Kafka, Redis, Flink)
 	$(PY) -m pytest tests/integration
+
+test-faults: setup jars up ## Fault injection (TaskManager/JobManager/Kafka/Redis) and fuzzing
+	$(PY) -m pytest -s tests/faults
 
 lint: setup ## ruff and mypy
 	$(PY) -m ruff check .
@@ -100,5 +103,5 @@ resume: setup jars ## Resume a job from its latest savepoint, or SAVEPOINT=… (
 status: setup ## Health of both jobs from the Flink REST API and Kafka; exit 0 = healthy
 	@$(OPS) status
 
-bench: setup jars up ## Throughput of both jobs and a JVM-only reference (make bench BENCH_EVENTS=300000)
+bench: setup jars up ## Throughput, latency, memory of both jobs beside a JVM-only reference (BENCH_EVENTS=…)
 	$(PY) scripts/bench.py --events $(BENCH_EVENTS)

@@ -95,9 +95,11 @@ def client_env() -> dict[str, str]:
             "FLINK_LOG_DIR": str(stack.FLINK_DIR / "log")}
 
 
-def submit(job: str, savepoint: str | None = None, wait_s: float = 120) -> str:
-    """Submit `job` detached (from `savepoint` if given); return its job id once RUNNING."""
-    name = JOBS[job]
+def submit(job: str, savepoint: str | None = None, wait_s: float = 120,
+           script: Path | None = None, args: tuple[str, ...] = ()) -> str:
+    """Submit `job` detached (from `savepoint` if given); return its job id once RUNNING.
+    `script` and `args` run another PyFlink program the same way (benchmarks)."""
+    name = JOBS.get(job, job)
     running = find_job(name, ("RUNNING", "CREATED", "RESTARTING", "INITIALIZING"))
     if running:
         raise OpsError(f"{name} is already {running['state']} as job {running['jid']}; "
@@ -107,9 +109,9 @@ def submit(job: str, savepoint: str | None = None, wait_s: float = 120) -> str:
            "-D", f"rest.address={url.hostname}", "-D", f"rest.port={url.port or 80}"]
     if savepoint:
         cmd += ["-s", savepoint]
-    cmd += ["-py", str(ROOT / "jobs" / f"{job}.py"), "-pyfs", str(stage_code()),
+    cmd += ["-py", str(script or ROOT / "jobs" / f"{job}.py"), "-pyfs", str(stage_code()),
             "-pyexec", os.environ.get("NUDGE_PYTHON", str(stack.VENV_PYTHON)),
-            "--env", "cluster"]
+            "--env", "cluster", *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=client_env(), capture_output=True, text=True)
     job_id = next((line.rsplit(" ", 1)[1] for line in proc.stdout.splitlines()
                    if "submitted with JobID" in line), None)
