@@ -179,6 +179,7 @@ class FlinkSettings:
     checkpoint_retention: str
     state_backend: str
     incremental_checkpoints: bool
+    unaligned_checkpoints: bool
     restart_initial_backoff_ms: int
     restart_max_backoff_ms: int
     jars: tuple[str, ...] = field(default_factory=tuple)

@@ -54,6 +54,7 @@ def checkpoint_options(f: Any) -> dict[str, str]:
         "execution.checkpointing.externalized-checkpoint-retention":
             CHECKPOINT_RETENTION[f.checkpoint_retention],
         "execution.checkpointing.incremental": str(f.incremental_checkpoints).lower(),
+        "execution.checkpointing.unaligned.enabled": str(f.unaligned_checkpoints).lower(),
         "state.backend.type": f.state_backend,
         "restart-strategy.type": "exponential-delay",
         "restart-strategy.exponential-delay.initial-backoff": f"{f.restart_initial_backoff_ms} ms",

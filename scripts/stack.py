@@ -293,7 +293,12 @@ def flink_env() -> dict[str, str]:
         "execution.checkpointing.dir": (FLINK_DIR / "checkpoints").as_uri(),
         "execution.checkpointing.savepoint-dir": (FLINK_DIR / "savepoints").as_uri(),
         "state.backend.type": "hashmap",
+        # In-flight buffers sized to ~1 s of data: under backpressure checkpoint barriers
+        # do not queue behind minutes of records (docs/operations.md).
+        "taskmanager.network.memory.buffer-debloat.enabled": "true",
         "web.submit.enable": "true",
+        # REST metrics at most 1 s old (default 10 s): make status and make bench read them.
+        "metrics.fetcher.update-interval": 1000,
         # /metrics for Prometheus: JobManager on the first free port, TaskManager the next.
         "metrics.reporter.prom.factory.class":
             "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
@@ -327,14 +332,44 @@ def flink_start() -> None:
         raise StackError(f"flink: start-cluster.sh failed:\n{proc.stdout}{proc.stderr}")
 
 
+def _flink_dirs_env() -> dict[str, str]:
+    """The wheel scripts' environment for the cluster `flink_env` set up (no rewrite)."""
+    return {**os.environ, "FLINK_CONF_DIR": str(FLINK_DIR / "conf"),
+            "FLINK_LIB_DIR": str(FLINK_DIR / "lib"), "FLINK_LOG_DIR": str(FLINK_DIR / "log"),
+            "FLINK_PID_DIR": str(FLINK_DIR)}
+
+
 def flink_stop() -> None:
     if not any(FLINK_DIR.glob("*.pid")):
         return
-    env = {"FLINK_CONF_DIR": str(FLINK_DIR / "conf"), "FLINK_LIB_DIR": str(FLINK_DIR / "lib"),
-           "FLINK_LOG_DIR": str(FLINK_DIR / "log"), "FLINK_PID_DIR": str(FLINK_DIR)}
-    subprocess.run(flink_script("stop-cluster.sh"), env={**os.environ, **env}, cwd=ROOT,
+    subprocess.run(flink_script("stop-cluster.sh"), env=_flink_dirs_env(), cwd=ROOT,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_until(lambda: not port_open(FLINK_REST_PORT), 30)
+
+
+def taskmanager_kill() -> list[int]:
+    """kill -9 every TaskManager of the local cluster (fault injection); their pids."""
+    pid_file = FLINK_DIR / "flink--taskexecutor.pid"
+    pids = [int(p) for p in pid_file.read_text().split()] if pid_file.exists() else []
+    killed = []
+    for pid in dict.fromkeys(pids):  # the file keeps dead pids: check what each one is now
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"TaskManagerRunner" in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+    return killed
+
+
+def taskmanager_start() -> None:
+    """Start one more TaskManager (what a cluster manager would do after a loss)."""
+    proc = subprocess.run([*flink_script("taskmanager.sh"), "start"], env=_flink_dirs_env(),
+                          cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StackError(f"flink: taskmanager.sh start failed:\n{proc.stdout}{proc.stderr}")
 
 
 def flink_overview() -> dict | None:

@@ -4,6 +4,8 @@
 - ``tests/pipeline``: a real PyFlink job on a local minicluster (``execute_and_collect``).
 - ``tests/integration``: the real local stack (Kafka, Redis, Flink); the ``stack`` fixture
   starts it with ``scripts/stack.py up`` when it is not already answering.
+- ``tests/faults``: fuzzing of the decoders, and faults injected into jobs running on the
+  stack's standalone cluster (``make test-faults``; docs/guarantees.md).
 
 Topics are created per test with a random suffix (``topic_factory``) and deleted after.
 """
@@ -22,18 +24,22 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts import ops as ops_mod  # noqa: E402
 from scripts import stack as stack_mod  # noqa: E402
 
 BOOTSTRAP = f"127.0.0.1:{stack_mod.KAFKA_PORT}"
 REDIS_URL = f"redis://127.0.0.1:{stack_mod.REDIS_PORT}/0"
 FLINK_REST = f"http://127.0.0.1:{stack_mod.FLINK_REST_PORT}"
+CLUSTER_PARTITIONS = 2  # partitions of the topics of jobs submitted to the cluster
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark tests by tier from their folder, so `-m "not integration"` works."""
     for item in items:
         parts = Path(str(item.fspath)).parts
-        if "integration" in parts:
+        if "faults" in parts:
+            item.add_marker(pytest.mark.faults)
+        elif "integration" in parts:
             item.add_marker(pytest.mark.integration)
         elif "pipeline" in parts:
             item.add_marker(pytest.mark.pipeline)
@@ -102,3 +108,34 @@ def test_environ(stack: dict[str, str]) -> dict[str, str]:
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("PYFLINK_")}
     return {**inherited, "NUDGE_ENV": "local", "NUDGE_KAFKA__BOOTSTRAP": stack["bootstrap"],
             "NUDGE_REDIS__URL": stack["redis_url"]}
+
+
+@pytest.fixture
+def cluster_env(stack: dict[str, str], topic_factory, test_environ: dict[str, str]  # type: ignore[no-untyped-def]
+                ) -> Iterator[dict[str, str]]:
+    """Fresh topics and consumer groups for jobs submitted to the stack's cluster; no
+    nudge job may be running there already (they would hold the slots)."""
+    for name in ops_mod.JOBS.values():
+        job = ops_mod.find_job(name)
+        if job is not None:
+            print(f"cancelling leftover {name} ({job['jid']})")
+            ops_mod.rest(f"/jobs/{job['jid']}?mode=cancel", "PATCH")
+    suffix = uuid.uuid4().hex[:8]
+    env = {**test_environ, "FLINK_REST": stack["flink_rest"],
+           "NUDGE_TOPICS__EVENTS": topic_factory("ops-events", CLUSTER_PARTITIONS),
+           "NUDGE_TOPICS__NOTIFICATIONS": topic_factory("ops-notifications", CLUSTER_PARTITIONS),
+           "NUDGE_KAFKA__GROUP_ID": f"ops-{suffix}",
+           "NUDGE_REDIS__KEY_PREFIX": f"ops-{suffix}:",
+           "NUDGE_FLINK__CHECKPOINT_INTERVAL_MS": "2s"}
+    env.pop("NUDGE_ENV", None)
+    saved = dict(os.environ)
+    os.environ.update(env)  # ops_mod.* read FLINK_REST and pass NUDGE_* to `flink run`
+    try:
+        yield env
+    finally:
+        for name in ops_mod.JOBS.values():
+            job = ops_mod.find_job(name, ("RUNNING", "RESTARTING", "CREATED", "INITIALIZING"))
+            if job is not None:
+                ops_mod.rest(f"/jobs/{job['jid']}?mode=cancel", "PATCH")
+        os.environ.clear()
+        os.environ.update(saved)

@@ -17,12 +17,9 @@ come from the cart state restored from the savepoint.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,40 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from scripts import ops  # noqa: E402
+from tests.conftest import CLUSTER_PARTITIONS as PARTITIONS  # noqa: E402
 
 M = 60_000
-PARTITIONS = 2
-
-
-@pytest.fixture
-def cluster_env(stack: dict[str, str], topic_factory, test_environ: dict[str, str]  # type: ignore[no-untyped-def]
-                ) -> Iterator[dict[str, str]]:
-    """Fresh topics and consumer groups for jobs submitted to the stack's cluster; no
-    nudge job may be running there already (they would hold the slots)."""
-    for name in ops.JOBS.values():
-        job = ops.find_job(name)
-        if job is not None:
-            print(f"cancelling leftover {name} ({job['jid']})")
-            ops.rest(f"/jobs/{job['jid']}?mode=cancel", "PATCH")
-    suffix = uuid.uuid4().hex[:8]
-    env = {**test_environ, "FLINK_REST": stack["flink_rest"],
-           "NUDGE_TOPICS__EVENTS": topic_factory("ops-events", PARTITIONS),
-           "NUDGE_TOPICS__NOTIFICATIONS": topic_factory("ops-notifications", PARTITIONS),
-           "NUDGE_KAFKA__GROUP_ID": f"ops-{suffix}",
-           "NUDGE_REDIS__KEY_PREFIX": f"ops-{suffix}:",
-           "NUDGE_FLINK__CHECKPOINT_INTERVAL_MS": "2s"}
-    env.pop("NUDGE_ENV", None)
-    saved = dict(os.environ)
-    os.environ.update(env)  # ops.* read FLINK_REST and pass NUDGE_* to `flink run`
-    try:
-        yield env
-    finally:
-        for name in ops.JOBS.values():
-            job = ops.find_job(name)
-            if job is not None:
-                ops.rest(f"/jobs/{job['jid']}?mode=cancel", "PATCH")
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def send(bootstrap: str, topic: str, events: list[dict]) -> None:

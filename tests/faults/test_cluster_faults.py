@@ -1,0 +1,281 @@
+"""Fault injection on the standalone cluster of the local stack: the triggers job keeps
+its promise — every expected notification exactly once, read with `read_committed` —
+while TaskManagers are killed, the JobManager is restarted and the Kafka broker bounces.
+
+The trace is the scripted multi-user trace of tests/integration/test_triggers_kafka.py
+(whose expected notifications are written out by hand there), repeated COPIES times
+for distinct users, each copy 7 minutes of event time after the previous one, mixed
+with page views of filler users (who never fire anything) for volume. Expected:
+EXPECTED of that test, shifted per copy.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+
+from scripts import ops
+from scripts import stack as stack_mod
+from tests.conftest import CLUSTER_PARTITIONS
+from tests.integration.kafka_io import consume
+from tests.integration.test_triggers_kafka import EXPECTED, T0, scripted_trace
+
+# Not in `make test` (CI): ~20 min, and they restart the stack's services. `make test-faults`.
+pytestmark = pytest.mark.cluster_faults
+
+M = 60_000
+COPIES = 120
+FILLER_USERS = 40
+FILLER_EVERY_MS = 90_000
+
+Firing = tuple[str, str, int]
+
+
+def multi_user_trace(t0: int, copies: int = COPIES, fillers: int = FILLER_USERS
+                     ) -> tuple[list[dict], set[Firing]]:
+    """`copies` shifted copies of the scripted trace + filler page views, sorted by ts."""
+    events: list[dict] = []
+    expected: set[Firing] = set()
+    for k in range(copies):
+        shift = t0 - T0 + k * 7 * M
+        for e in scripted_trace():
+            events.append({**e, "user_id": f"{e['user_id']}-{k}",
+                           "event_id": f"{e['event_id']}-{k}", "ts": e["ts"] + shift})
+        expected |= {(trigger, f"{user}-{k}", fired + shift)
+                     for trigger, user, fired in EXPECTED}
+    end = t0 + copies * 7 * M + 60 * M
+    for i in range(fillers):
+        events += [{"event_id": f"fill-{i}-{ts}", "event_type": "page_view",
+                    "user_id": f"fill-{i}", "ts": ts}
+                   for ts in range(t0 + i * 1000, end, FILLER_EVERY_MS)]
+    events.sort(key=lambda e: e["ts"])
+    last = events[-1]["ts"]
+    events += [{"event_id": f"clock-{p}", "event_type": "page_view", "user_id": f"clock-{p}",
+                "ts": last + 5 * 60 * M, "_partition": p} for p in range(CLUSTER_PARTITIONS)]
+    return events, expected
+
+
+def produce(bootstrap: str, topic: str, events: list[dict], rate: float) -> None:
+    """Send `events` at about `rate` per second (so that faults hit a running stream)."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
+                             retries=20, reconnect_backoff_ms=200)
+    began = time.monotonic()
+    for i, event in enumerate(events):
+        event = dict(event)
+        partition = event.pop("_partition", None)
+        producer.send(topic, key=event["user_id"].encode(), value=json.dumps(event).encode(),
+                      partition=partition, timestamp_ms=event["ts"])
+        if i % 500 == 0:
+            time.sleep(max(0.0, began + i / rate - time.monotonic()))
+    producer.flush()
+    producer.close()
+
+
+def restarts(job_id: str) -> int:
+    values = ops.rest(f"/jobs/{job_id}/metrics?get=numRestarts")
+    return int(float(values[0]["value"])) if values else 0
+
+
+def failures(job_id: str) -> int:
+    return len(ops.rest(f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"])
+
+
+def wait_for_restart(job_id: str, before: int, timeout_s: float = 120) -> None:
+    """Until Flink has noticed the loss (one more entry in the exception history)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if failures(job_id) > before:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"job {job_id} did not restart within {timeout_s:.0f}s of the fault")
+
+
+def wait_running(job_id: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        detail = ops.rest(f"/jobs/{job_id}")
+        if detail["state"] == "RUNNING" and {v["status"] for v in detail["vertices"]} == {
+                "RUNNING"}:
+            return
+        time.sleep(1)
+    pytest.fail(f"job {job_id} not running again after {timeout_s:.0f}s")
+
+
+def compare(case: str, injected: str, expected: set[Firing], records: list) -> None:
+    got = [(n["trigger"], n["user_id"], n["fired_at"])
+           for n in (json.loads(r.value) for r in records)]
+    missing = expected - set(got)
+    extra = set(got) - expected
+    duplicated = len(got) - len(set(got))
+    print(f"\n[{case}] injected: {injected}\n[{case}] expected {len(expected)}, got "
+          f"{len(got)}, missing {len(missing)}, duplicated {duplicated}, extra {len(extra)}")
+    assert not missing, f"missing {sorted(missing)[:5]}"
+    assert not extra, f"unexpected {sorted(extra)[:5]}"
+    assert duplicated == 0
+
+
+def run_case(stack_info: dict[str, str], env: dict[str, str], case: str,
+             inject: Callable[[str], str]) -> None:
+    t0 = (int(time.time() * 1000) - 3 * 86_400_000) // M * M
+    events, expected = multi_user_trace(t0)
+    job_id = ops.submit("triggers")
+    producer = threading.Thread(target=produce, args=(
+        stack_info["bootstrap"], env["NUDGE_TOPICS__EVENTS"], events, 2500))
+    producer.start()
+    try:
+        injected = inject(job_id)
+    finally:
+        producer.join()
+    records = consume(stack_info["bootstrap"], env["NUDGE_TOPICS__NOTIFICATIONS"],
+                      want=len(expected), timeout_s=300, settle_s=10,
+                      isolation_level="read_committed")
+    compare(case, f"{injected}; {len(events)} events", expected, records)
+
+
+@pytest.fixture
+def taskmanager_back() -> object:
+    """Whatever a case does to the cluster, it ends with one TaskManager running."""
+    yield None
+    if not ops.rest("/overview")["taskmanagers"]:
+        stack_mod.taskmanager_start()
+
+
+def test_taskmanager_killed_twice(stack: dict[str, str], cluster_env: dict[str, str],
+                                  taskmanager_back: object) -> None:
+    def inject(job_id: str) -> str:
+        kills = []
+        for delay in (4, 6):
+            time.sleep(delay)
+            before = failures(job_id)
+            kills += stack_kill_and_restart_taskmanager()
+            wait_for_restart(job_id, before)
+            wait_running(job_id)
+        assert failures(job_id) >= 2
+        return f"kill -9 of the TaskManager twice (pids {kills}), restarted each time"
+
+    run_case(stack, cluster_env, "taskmanager", inject)
+
+
+def stack_kill_and_restart_taskmanager() -> list[int]:
+    killed = stack_mod.taskmanager_kill()
+    assert killed, "no TaskManager to kill"
+    time.sleep(2)
+    stack_mod.taskmanager_start()
+    return killed
+
+
+def test_kafka_broker_restart(stack: dict[str, str], cluster_env: dict[str, str]) -> None:
+    def inject(job_id: str) -> str:
+        time.sleep(5)
+        stack_mod.down(["kafka"])
+        time.sleep(5)
+        stack_mod.up(["kafka"])
+        return "Kafka broker stopped for 5 s mid-stream, then started again"
+
+    run_case(stack, cluster_env, "kafka", inject)
+
+
+def test_jobmanager_restart_then_resubmit_from_latest_checkpoint(
+        stack: dict[str, str], cluster_env: dict[str, str], taskmanager_back: object) -> None:
+    def inject(job_id: str) -> str:
+        time.sleep(6)
+        checkpoint = latest_checkpoint(job_id)
+        stack_mod.down(["flink"])  # no HA in the session cluster: the job goes with it
+        stack_mod.up(["flink"])
+        resumed = ops.submit("triggers", checkpoint)
+        return f"JobManager + cluster restarted; job {resumed} resubmitted from {checkpoint}"
+
+    run_case(stack, cluster_env, "jobmanager", inject)
+
+
+def latest_checkpoint(job_id: str) -> str:
+    """The newest completed checkpoint of `job_id` (retained on cancellation/failure)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        latest = (ops.rest(f"/jobs/{job_id}/checkpoints").get("latest") or {}).get("completed")
+        if latest and latest.get("external_path"):
+            path = latest["external_path"]
+            assert Path(path.removeprefix("file:")).exists()
+            return str(path)
+        time.sleep(1)
+    pytest.fail("no completed checkpoint to resume from")
+
+
+def expected_lifetimes(events: list[dict]) -> dict[str, dict[str, float]]:
+    """Lifetime figures per user, computed here from the trace (each event_id once)."""
+    seen: set[tuple[str, str]] = set()
+    out: dict[str, dict[str, float]] = {}
+    for e in events:
+        if (e["user_id"], e["event_id"]) in seen:
+            continue
+        seen.add((e["user_id"], e["event_id"]))
+        life = out.setdefault(e["user_id"], {"events_total": 0, "orders_total": 0,
+                                             "revenue_total": 0.0, "first_seen": e["ts"],
+                                             "last_seen": e["ts"]})
+        life["events_total"] += 1
+        life["first_seen"] = min(life["first_seen"], e["ts"])
+        life["last_seen"] = max(life["last_seen"], e["ts"])
+        if e["event_type"] == "purchase":
+            life["orders_total"] += 1
+            life["revenue_total"] += e.get("order_total", 0.0)
+    return out
+
+
+def test_redis_down_for_60s_then_slowed(stack: dict[str, str], cluster_env: dict[str, str],
+                                        redis_client) -> None:  # type: ignore[no-untyped-def]
+    t0 = (int(time.time() * 1000) - 3 * 86_400_000) // M * M
+    events, _ = multi_user_trace(t0, copies=30, fillers=10)
+    # The clock users' own windows never complete (they move the watermark).
+    expected = {u: life for u, life in expected_lifetimes(events).items()
+                if not u.startswith("clock-")}
+    prefix = cluster_env["NUDGE_REDIS__KEY_PREFIX"]
+    job_id = ops.submit("profiles")
+    producer = threading.Thread(target=produce, args=(
+        stack["bootstrap"], cluster_env["NUDGE_TOPICS__EVENTS"], events, 1000))
+    producer.start()
+    try:
+        time.sleep(5)
+        stack_mod.down(["redis"])
+        time.sleep(60)
+        stack_mod.up(["redis"])
+        for _ in range(3):  # then slow: all writes paused for 3 s, three times
+            redis_client.execute_command("CLIENT", "PAUSE", "3000", "WRITE")
+            time.sleep(5)
+    finally:
+        producer.join()
+
+    def profiles() -> dict[str, dict[str, str]]:
+        found = {}
+        for user in expected:
+            raw = redis_client.hgetall(f"{prefix}profile:{user}")
+            found[user] = {k.decode(): v.decode() for k, v in raw.items()}
+        return found
+
+    deadline = time.monotonic() + 420
+    while time.monotonic() < deadline:
+        got = profiles()
+        if all(p.get("events_total") == str(expected[u]["events_total"])
+               and p.get("views_10m") == "0" for u, p in got.items()):
+            break
+        time.sleep(3)
+    got = profiles()
+    wrong = [u for u, life in expected.items()
+             if [got[u].get(f) for f in ("events_total", "orders_total", "first_seen",
+                                         "last_seen")]
+             != [str(int(life[f])) for f in ("events_total", "orders_total", "first_seen",
+                                              "last_seen")]
+             or abs(float(got[u].get("revenue_total", "nan")) - life["revenue_total"]) > 1e-6
+             or got[u].get("views_10m") != "0" or got[u].get("views_1h") != "0"]
+    retried = restarts(job_id)
+    print(f"\n[redis] injected: Redis stopped 60 s mid-stream, then CLIENT PAUSE 3 s × 3; "
+          f"{len(events)} events, job restarts {retried}\n[redis] expected {len(expected)} "
+          f"profiles, got {sum(1 for p in got.values() if p)}, wrong {len(wrong)}")
+    assert not wrong, {u: got[u] for u in wrong[:3]}
+    assert retried >= 1  # Redis down for longer than redis_max_wait_ms fails the job once
+    assert all(redis_client.pttl(f"{prefix}profile:{u}") > 0 for u in expected)
