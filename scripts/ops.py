@@ -116,7 +116,9 @@ def submit(job: str, savepoint: str | None = None, wait_s: float = 120,
     job_id = next((line.rsplit(" ", 1)[1] for line in proc.stdout.splitlines()
                    if "submitted with JobID" in line), None)
     if proc.returncode != 0 or job_id is None:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        causes = [line for line in lines if line.startswith(("error:", "Caused by"))]
+        tail = "\n".join([*dict.fromkeys(causes), *lines[-10:]])
         raise OpsError(f"flink run failed for {name} (exit {proc.returncode}):\n{tail}")
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
@@ -152,6 +154,15 @@ def stop(job: str, timeout_s: float = 300) -> str:
         time.sleep(1)
     raise OpsError(f"savepoint of {name} not done after {timeout_s:.0f}s; the job keeps "
                    "running (check checkpoint durations on the dashboard)")
+
+
+def latest_retained_checkpoint(checkpoint_root: Path, job_id: str) -> str:
+    """The newest complete checkpoint a (gone) job left in `checkpoint_root`/<job id>/
+    — what to resume from after a JobManager loss without HA."""
+    done = [c for c in (checkpoint_root / job_id).glob("chk-*") if (c / "_metadata").exists()]
+    if not done:
+        raise OpsError(f"no completed checkpoint of job {job_id} in {checkpoint_root}")
+    return max(done, key=lambda c: int(c.name.split("-")[1])).as_uri()
 
 
 def record_savepoint(job: str, location: str, job_id: str) -> None:

@@ -326,8 +326,9 @@ def flink_script(name: str) -> list[str]:
 
 def flink_start() -> None:
     env = flink_env()
+    # A session of its own: the daemons must outlive whatever started them (a test run).
     proc = subprocess.run(flink_script("start-cluster.sh"), env={**os.environ, **env},
-                          cwd=ROOT, capture_output=True, text=True)
+                          cwd=ROOT, capture_output=True, text=True, start_new_session=True)
     if proc.returncode != 0:
         raise StackError(f"flink: start-cluster.sh failed:\n{proc.stdout}{proc.stderr}")
 
@@ -367,7 +368,7 @@ def taskmanager_kill() -> list[int]:
 def taskmanager_start() -> None:
     """Start one more TaskManager (what a cluster manager would do after a loss)."""
     proc = subprocess.run([*flink_script("taskmanager.sh"), "start"], env=_flink_dirs_env(),
-                          cwd=ROOT, capture_output=True, text=True)
+                          cwd=ROOT, capture_output=True, text=True, start_new_session=True)
     if proc.returncode != 0:
         raise StackError(f"flink: taskmanager.sh start failed:\n{proc.stdout}{proc.stderr}")
 
