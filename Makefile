@@ -104,4 +104,5 @@ status: setup ## Health of both jobs from the Flink REST API and Kafka; exit 0 =
 	@$(OPS) status
 
 bench: setup jars up ## Throughput, latency, memory of both jobs beside a JVM-only reference (BENCH_EVENTS=…)
-	$(PY) scripts/bench.py --events $(BENCH_EVENTS)
+	$(PY) scripts/bench.py --events $(BENCH_EVENTS) --parallelism 1,2 --max-seconds 150 \
+	  --live-seconds 300
