@@ -288,48 +288,45 @@ def test_redis_down_for_60s_then_slowed(stack: dict[str, str], cluster_env: dict
 
 def test_overload_keeps_checkpointing_then_drains(stack: dict[str, str],
                                                    cluster_env: dict[str, str]) -> None:
-    """Two minutes of input as fast as this producer goes (asks for 5k events/s; measured
-    ~2.4k, about 1.5 × the triggers job's ~1.7k capacity here): no TaskManager loss, no
-    job failure, checkpoints keep completing, and the backlog drains after the burst."""
+    """300,000 events arrive at once (pre-loaded at ~12k/s, then the job starts): the
+    triggers job (~1.7k events/s here) works under full backpressure for minutes. No
+    TaskManager loss, no job failure, checkpoints keep completing, the backlog drains."""
     from kafka import KafkaProducer as Producer
 
     from jobs.generate import generated_records
 
     topic, group = cluster_env["NUDGE_TOPICS__EVENTS"], \
         f"{cluster_env['NUDGE_KAFKA__GROUP_ID']}-triggers"
-    job_id = ops.submit("triggers")
     start = (int(time.time() * 1000) - 2 * 86_400_000) // M * M
     producer = Producer(bootstrap_servers=stack["bootstrap"], linger_ms=50,
-                        batch_size=256 * 1024)
-    began, sent, rate = time.monotonic(), 0, 5000
-    completed_during: list[int] = []
-    for record in generated_records(11, 20_000, start, fmt="json"):
+                        batch_size=512 * 1024)
+    began, sent = time.monotonic(), 0
+    for record in generated_records(11, 15_000, start, fmt="json"):
         producer.send(topic, key=record.key, value=record.value, timestamp_ms=record.ts_ms)
         sent += 1
-        if sent % 5000 == 0:
-            elapsed = time.monotonic() - began
-            time.sleep(max(0.0, sent / rate - elapsed))
-            counts = ops.rest(f"/jobs/{job_id}/checkpoints")["counts"]
-            completed_during.append(counts["completed"])
-            if elapsed > 120:
-                break
+        if sent == 300_000:
+            break
     producer.flush()
     producer.close()
-    burst_s = time.monotonic() - began
-    deadline = time.monotonic() + 900
+    load_s = time.monotonic() - began
+    job_id = ops.submit("triggers")
+    began = time.monotonic()
+    completed: list[int] = []
     lag = ops.consumer_lag(stack["bootstrap"], group, topic)
-    while time.monotonic() < deadline and lag:
-        time.sleep(5)
+    while time.monotonic() - began < 900 and lag:
+        time.sleep(10)
+        completed.append(ops.rest(f"/jobs/{job_id}/checkpoints")["counts"]["completed"])
         lag = ops.consumer_lag(stack["bootstrap"], group, topic)
-    drained_s = time.monotonic() - began - burst_s
+    drained_s = time.monotonic() - began
     counts = ops.rest(f"/jobs/{job_id}/checkpoints")["counts"]
-    print(f"\n[overload] injected: {sent} events in {burst_s:.0f} s ({sent / burst_s:,.0f}/s); "
-          f"checkpoints completed during the burst {completed_during[0]} → "
-          f"{completed_during[-1]}, in all {counts['completed']} completed / "
-          f"{counts['failed']} failed; backlog drained {drained_s:.0f} s after the burst; "
-          f"lag now {lag}")
+    print(f"\n[overload] injected: {sent} events pre-loaded in {load_s:.0f} s "
+          f"({sent / load_s:,.0f}/s) before the job started; drained in {drained_s:.0f} s "
+          f"({sent / drained_s:,.0f} events/s); checkpoints completed every 10 s: "
+          f"{completed}; in all {counts['completed']} completed / {counts['failed']} "
+          f"failed; lag now {lag}")
     assert ops.rest(f"/jobs/{job_id}")["state"] == "RUNNING"
     assert failures(job_id) == 0
     assert ops.rest("/overview")["taskmanagers"] == 1
-    assert completed_during[-1] - completed_during[0] >= 2  # checkpoints kept completing
+    minutes = max(1, int(drained_s // 60))
+    assert counts["completed"] >= minutes  # at least one checkpoint a minute under load
     assert lag == 0
