@@ -26,7 +26,6 @@ Then the latency phase: live traffic (event time = wall clock) at ``--live-rate`
 from __future__ import annotations
 
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -59,16 +58,15 @@ class MemorySampler(threading.Thread):
         self.peak_python_mb = 0.0
 
     def run(self) -> None:
-        pid_file = stack.FLINK_DIR / "flink--taskexecutor.pid"
         while not self.stop_event.is_set():
             try:
-                tm_pid = int(pid_file.read_text().split()[0])
-                self.peak_tm_mb = max(self.peak_tm_mb, _rss_mb(tm_pid))
-                workers = [p for p in _descendants(tm_pid) if "beam_boot" in _cmdline(p)
-                           or "fn_execution" in _cmdline(p)]
+                tms = stack.taskmanager_pids()
+                self.peak_tm_mb = max(self.peak_tm_mb, sum(_rss_mb(p) for p in tms))
+                workers = [p for tm in tms for p in _descendants(tm)
+                           if "beam_boot" in _cmdline(p) or "fn_execution" in _cmdline(p)]
                 self.peak_python_mb = max(self.peak_python_mb,
                                           sum(_rss_mb(p) for p in workers))
-            except (OSError, ValueError, IndexError):
+            except (OSError, ValueError):  # a process ended between listing and reading
                 pass
             self.stop_event.wait(1)
 
@@ -122,25 +120,6 @@ def _checkpoint_stats(job_id: str) -> dict[str, Any]:
             "duration_ms_max": summary.get("max"), "duration_ms_p99": summary.get("p99")}
 
 
-def submit_with(env: dict[str, str], job: str, **kwargs: Any) -> str:
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        return ops.submit(job, **kwargs)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-def cancel(job_id: str) -> None:
-    ops.rest(f"/jobs/{job_id}?mode=cancel", "PATCH")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if ops.rest(f"/jobs/{job_id}")["state"] in ("CANCELED", "FAILED", "FINISHED"):
-            return
-        time.sleep(0.5)
-
-
 def job_env(topic: str, parallelism: int, extra: dict[str, str] | None = None
             ) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:8]
@@ -154,10 +133,11 @@ def throughput_run(job: str, topic: str, events: int, parallelism: int,
                    max_seconds: float) -> dict[str, Any]:
     env = job_env(topic, parallelism)
     if job == "reference":
-        job_id = submit_with(env, "nudge-bench-reference", script=ROOT / "scripts" / "bench.py",
-                             args=("--run", "reference", "--topic", topic, "--detached"))
+        job_id = ops.submit("nudge-bench-reference", script=ROOT / "scripts" / "bench.py",
+                            args=("--run", "reference", "--topic", topic, "--detached"),
+                            env=env)
     else:
-        job_id = submit_with(env, job)
+        job_id = ops.submit(job, env=env)
     sampler = MemorySampler()
     sampler.start()
     try:
@@ -188,7 +168,7 @@ def throughput_run(job: str, topic: str, events: int, parallelism: int,
     finally:
         sampler.stop_event.set()
         sampler.join()
-        cancel(job_id)
+        ops.cancel(job_id)
     result["peak_rss_mb"] = {"taskmanager": round(sampler.peak_tm_mb),
                              "python_workers": round(sampler.peak_python_mb)}
     return result
@@ -272,7 +252,7 @@ def latency_run(settings: Any, parallelism: int, rate: float, seconds: float,
     env = {**job_env(topic, parallelism, extra),
            "NUDGE_TOPICS__NOTIFICATIONS": f"{topic}-notifications"}
     create_topic(env["NUDGE_TOPICS__NOTIFICATIONS"])
-    ids = [submit_with(env, "triggers"), submit_with(env, "profiles")]
+    ids = [ops.submit("triggers", env=env), ops.submit("profiles", env=env)]
     latencies: list[float] = []
     freshness: list[float] = []
     stop = threading.Event()
@@ -293,7 +273,7 @@ def latency_run(settings: Any, parallelism: int, rate: float, seconds: float,
         for t in threads:
             t.join()
         for job_id in ids:
-            cancel(job_id)
+            ops.cancel(job_id)
 
     def summary(values: list[float]) -> dict[str, Any]:
         return {"count": len(values),

@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ sys.path.insert(0, str(ROOT))
 from scripts import stack  # noqa: E402
 
 JOBS = {"triggers": "nudge-triggers", "profiles": "nudge-profiles"}
+# A job in one of these states holds (or is about to hold) slots.
+ACTIVE_STATES = ("RUNNING", "CREATED", "RESTARTING", "INITIALIZING")
 PACKAGES = ("config", "jobs", "udfs", "schemas")
 OPS_DIR = ROOT / "var" / "ops"
 PYFS_DIR = ROOT / "build" / "pyfs"
@@ -86,21 +89,49 @@ def stage_code() -> Path:
     return target
 
 
-def client_env() -> dict[str, str]:
-    """The ``flink`` CLI's environment: the stack's conf and a lib/ with the connector."""
+def client_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The ``flink`` CLI's environment: ours (plus `env`), the stack's conf and a lib/
+    with the connector."""
     lib, conf = stack.FLINK_DIR / "lib", stack.FLINK_DIR / "conf"
     if not any(lib.glob("flink-sql-connector-kafka*.jar")) or not (conf / "config.yaml").exists():
         stack.flink_env()  # builds var/flink/{lib,conf}; needs `make jars`
-    return {**os.environ, "FLINK_CONF_DIR": str(conf), "FLINK_LIB_DIR": str(lib),
-            "FLINK_LOG_DIR": str(stack.FLINK_DIR / "log")}
+    return {**os.environ, **(env or {}), "FLINK_CONF_DIR": str(conf),
+            "FLINK_LIB_DIR": str(lib), "FLINK_LOG_DIR": str(stack.FLINK_DIR / "log")}
+
+
+def wait_running(job_id: str, wait_s: float) -> bool:
+    """Whether `job_id` and all its tasks are RUNNING within `wait_s` (False as soon as
+    it has ended)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        detail = rest(f"/jobs/{job_id}")
+        if detail["state"] == "RUNNING" and {v["status"] for v in detail["vertices"]} == {
+                "RUNNING"}:
+            return True
+        if detail["state"] in ("FAILED", "CANCELED", "FINISHED"):
+            return False
+        time.sleep(1)
+    return False
+
+
+def cancel(job_id: str, wait_s: float = 60) -> None:
+    """Cancel `job_id` and wait until it has ended (its slots are free again)."""
+    rest(f"/jobs/{job_id}?mode=cancel", "PATCH")
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if rest(f"/jobs/{job_id}")["state"] in ("CANCELED", "FAILED", "FINISHED"):
+            return
+        time.sleep(0.5)
 
 
 def submit(job: str, savepoint: str | None = None, wait_s: float = 120,
-           script: Path | None = None, args: tuple[str, ...] = ()) -> str:
+           script: Path | None = None, args: tuple[str, ...] = (),
+           env: Mapping[str, str] | None = None) -> str:
     """Submit `job` detached (from `savepoint` if given); return its job id once RUNNING.
-    `script` and `args` run another PyFlink program the same way (benchmarks)."""
+    `env` adds variables (NUDGE_* settings) for this submission only; `script` and
+    `args` run another PyFlink program the same way (benchmarks)."""
     name = JOBS.get(job, job)
-    running = find_job(name, ("RUNNING", "CREATED", "RESTARTING", "INITIALIZING"))
+    running = find_job(name, ACTIVE_STATES)
     if running:
         raise OpsError(f"{name} is already {running['state']} as job {running['jid']}; "
                        f"stop it first (make stop JOB={job})")
@@ -109,10 +140,11 @@ def submit(job: str, savepoint: str | None = None, wait_s: float = 120,
            "-D", f"rest.address={url.hostname}", "-D", f"rest.port={url.port or 80}"]
     if savepoint:
         cmd += ["-s", savepoint]
+    environ = client_env(env)
     cmd += ["-py", str(script or ROOT / "jobs" / f"{job}.py"), "-pyfs", str(stage_code()),
-            "-pyexec", os.environ.get("NUDGE_PYTHON", str(stack.VENV_PYTHON)),
+            "-pyexec", environ.get("NUDGE_PYTHON", str(stack.VENV_PYTHON)),
             "--env", "cluster", *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=client_env(), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=environ, capture_output=True, text=True)
     job_id = next((line.rsplit(" ", 1)[1] for line in proc.stdout.splitlines()
                    if "submitted with JobID" in line), None)
     if proc.returncode != 0 or job_id is None:
@@ -120,15 +152,8 @@ def submit(job: str, savepoint: str | None = None, wait_s: float = 120,
         causes = [line for line in lines if line.startswith(("error:", "Caused by"))]
         tail = "\n".join([*dict.fromkeys(causes), *lines[-10:]])
         raise OpsError(f"flink run failed for {name} (exit {proc.returncode}):\n{tail}")
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        detail = rest(f"/jobs/{job_id}")
-        tasks = {v["status"] for v in detail["vertices"]}
-        if detail["state"] == "RUNNING" and tasks == {"RUNNING"}:
-            return job_id
-        if detail["state"] in ("FAILED", "CANCELED", "FINISHED"):
-            break
-        time.sleep(1)
+    if wait_running(job_id, wait_s):
+        return job_id
     raise OpsError(f"{name} (job {job_id}) is not running after {wait_s:.0f}s; see the "
                    f"dashboard {rest_url()}/#/job/running/{job_id} or `make logs S=flink`")
 
@@ -249,8 +274,8 @@ def consumer_lag(bootstrap: str, group: str, topic: str) -> int | None:
 def job_status(job: str, settings: Any, limits: Limits, now_ms: int) -> JobStatus:
     name = JOBS[job]
     st = JobStatus(name)
-    found = find_job(name, ("RUNNING", "RESTARTING", "CREATED", "INITIALIZING", "FAILING",
-                            "CANCELLING")) or find_job(name, ("FAILED", "CANCELED", "FINISHED"))
+    found = find_job(name, (*ACTIVE_STATES, "FAILING", "CANCELLING")) \
+        or find_job(name, ("FAILED", "CANCELED", "FINISHED"))
     if found is None:
         st.problems.append(f"not submitted (make submit JOB={job})")
         return st

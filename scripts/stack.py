@@ -348,20 +348,29 @@ def flink_stop() -> None:
     wait_until(lambda: not port_open(FLINK_REST_PORT), 30)
 
 
-def taskmanager_kill() -> list[int]:
-    """kill -9 every TaskManager of the local cluster (fault injection); their pids."""
+def taskmanager_pids() -> list[int]:
+    """The live TaskManagers of the local cluster. The pid file also keeps the pids of
+    killed ones, so each is checked against what runs under that pid now."""
     pid_file = FLINK_DIR / "flink--taskexecutor.pid"
     pids = [int(p) for p in pid_file.read_text().split()] if pid_file.exists() else []
-    killed = []
-    for pid in dict.fromkeys(pids):  # the file keeps dead pids: check what each one is now
+    live = []
+    for pid in dict.fromkeys(pids):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
         if b"TaskManagerRunner" in cmdline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+            live.append(pid)
+    return live
+
+
+def taskmanager_kill() -> list[int]:
+    """kill -9 every TaskManager of the local cluster (fault injection); their pids."""
+    killed = []
+    for pid in taskmanager_pids():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
     return killed
 
 

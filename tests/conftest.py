@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,16 @@ BOOTSTRAP = f"127.0.0.1:{stack_mod.KAFKA_PORT}"
 REDIS_URL = f"redis://127.0.0.1:{stack_mod.REDIS_PORT}/0"
 FLINK_REST = f"http://127.0.0.1:{stack_mod.FLINK_REST_PORT}"
 CLUSTER_PARTITIONS = 2  # partitions of the topics of jobs submitted to the cluster
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `check` every second until it holds; fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(1)
+    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -116,10 +127,10 @@ def cluster_env(stack: dict[str, str], topic_factory, test_environ: dict[str, st
     """Fresh topics and consumer groups for jobs submitted to the stack's cluster; no
     nudge job may be running there already (they would hold the slots)."""
     for name in ops_mod.JOBS.values():
-        job = ops_mod.find_job(name)
+        job = ops_mod.find_job(name, ops_mod.ACTIVE_STATES)
         if job is not None:
             print(f"cancelling leftover {name} ({job['jid']})")
-            ops_mod.rest(f"/jobs/{job['jid']}?mode=cancel", "PATCH")
+            ops_mod.cancel(job["jid"])
     suffix = uuid.uuid4().hex[:8]
     env = {**test_environ, "FLINK_REST": stack["flink_rest"],
            "NUDGE_TOPICS__EVENTS": topic_factory("ops-events", CLUSTER_PARTITIONS),
@@ -134,8 +145,8 @@ def cluster_env(stack: dict[str, str], topic_factory, test_environ: dict[str, st
         yield env
     finally:
         for name in ops_mod.JOBS.values():
-            job = ops_mod.find_job(name, ("RUNNING", "RESTARTING", "CREATED", "INITIALIZING"))
+            job = ops_mod.find_job(name, ops_mod.ACTIVE_STATES)
             if job is not None:
-                ops_mod.rest(f"/jobs/{job['jid']}?mode=cancel", "PATCH")
+                ops_mod.cancel(job["jid"])
         os.environ.clear()
         os.environ.update(saved)

@@ -17,12 +17,11 @@ import time
 from collections.abc import Callable
 
 import pytest
-from kafka import KafkaProducer
 
 from scripts import ops
 from scripts import stack as stack_mod
-from tests.conftest import CLUSTER_PARTITIONS
-from tests.integration.kafka_io import consume
+from tests.conftest import CLUSTER_PARTITIONS, wait_for
+from tests.integration.kafka_io import consume, send_events
 from tests.integration.test_triggers_kafka import EXPECTED, T0, scripted_trace
 
 # Not in `make test` (CI): ~20 min, and they restart the stack's services. `make test-faults`.
@@ -60,45 +59,19 @@ def multi_user_trace(t0: int, copies: int = COPIES, fillers: int = FILLER_USERS
     return events, expected
 
 
-def produce(bootstrap: str, topic: str, events: list[dict], rate: float) -> None:
-    """Send `events` at about `rate` per second (so that faults hit a running stream)."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
-                             retries=20, reconnect_backoff_ms=200)
-    began = time.monotonic()
-    for i, event in enumerate(events):
-        event = dict(event)
-        partition = event.pop("_partition", None)
-        producer.send(topic, key=event["user_id"].encode(), value=json.dumps(event).encode(),
-                      partition=partition, timestamp_ms=event["ts"])
-        if i % 500 == 0:
-            time.sleep(max(0.0, began + i / rate - time.monotonic()))
-    producer.flush()
-    producer.close()
-
-
 def failures(job_id: str) -> int:
     return len(ops.rest(f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"])
 
 
 def wait_for_restart(job_id: str, before: int, timeout_s: float = 120) -> None:
     """Until Flink has noticed the loss (one more entry in the exception history)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if failures(job_id) > before:
-            return
-        time.sleep(0.5)
-    pytest.fail(f"job {job_id} did not restart within {timeout_s:.0f}s of the fault")
+    wait_for(lambda: failures(job_id) > before, timeout_s,
+             f"job {job_id} to restart after the fault")
 
 
 def wait_running(job_id: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        detail = ops.rest(f"/jobs/{job_id}")
-        if detail["state"] == "RUNNING" and {v["status"] for v in detail["vertices"]} == {
-                "RUNNING"}:
-            return
-        time.sleep(1)
-    pytest.fail(f"job {job_id} not running again after {timeout_s:.0f}s")
+    if not ops.wait_running(job_id, timeout_s):
+        pytest.fail(f"job {job_id} not running again after {timeout_s:.0f}s")
 
 
 def compare(case: str, injected: str, expected: set[Firing], records: list) -> None:
@@ -119,7 +92,7 @@ def run_case(stack_info: dict[str, str], env: dict[str, str], case: str,
     t0 = (int(time.time() * 1000) - 3 * 86_400_000) // M * M
     events, expected = multi_user_trace(t0)
     job_id = ops.submit("triggers")
-    producer = threading.Thread(target=produce, args=(
+    producer = threading.Thread(target=send_events, args=(
         stack_info["bootstrap"], env["NUDGE_TOPICS__EVENTS"], events, 2500))
     producer.start()
     try:
@@ -190,12 +163,8 @@ def test_jobmanager_restart_then_resubmit_from_latest_checkpoint(
 
 
 def wait_for_checkpoint(job_id: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if (ops.rest(f"/jobs/{job_id}/checkpoints").get("latest") or {}).get("completed"):
-            return
-        time.sleep(1)
-    pytest.fail("no completed checkpoint to resume from")
+    wait_for(lambda: bool((ops.rest(f"/jobs/{job_id}/checkpoints").get("latest") or {})
+                          .get("completed")), 60, "a completed checkpoint to resume from")
 
 
 def expected_lifetimes(events: list[dict]) -> dict[str, dict[str, float]]:
@@ -227,13 +196,18 @@ def test_redis_down_for_60s_then_slowed(stack: dict[str, str], cluster_env: dict
                 if not u.startswith("clock-")}
     prefix = cluster_env["NUDGE_REDIS__KEY_PREFIX"]
     job_id = ops.submit("profiles")
-    producer = threading.Thread(target=produce, args=(
+    # Redis goes down before the stream starts and stays down until the job has failed on
+    # it (redis_max_wait_ms of retries), at least 60 s: the writes certainly meet the
+    # outage, whenever the watermark lets the first window ends fire.
+    stack_mod.down(["redis"])
+    down_since = time.monotonic()
+    producer = threading.Thread(target=send_events, args=(
         stack["bootstrap"], cluster_env["NUDGE_TOPICS__EVENTS"], events, 1000))
     producer.start()
     try:
-        time.sleep(5)
-        stack_mod.down(["redis"])
-        time.sleep(60)
+        wait_for(lambda: failures(job_id) >= 1, 240, "the job to fail on the Redis outage")
+        time.sleep(max(0.0, 60 - (time.monotonic() - down_since)))
+        down_s = time.monotonic() - down_since
         stack_mod.up(["redis"])
         for _ in range(3):  # then slow: all writes paused for 3 s, three times
             redis_client.execute_command("CLIENT", "PAUSE", "3000", "WRITE")
@@ -250,25 +224,20 @@ def test_redis_down_for_60s_then_slowed(stack: dict[str, str], cluster_env: dict
 
     # Watermarks are not in checkpoints: after the restart event time moves on with the
     # next records, as live traffic would bring them. A tick per partition every loop.
-    ticker = KafkaProducer(bootstrap_servers=stack["bootstrap"])
     clock = events[-1]["ts"]
     deadline = time.monotonic() + 420
     while time.monotonic() < deadline:
         clock += 1000
-        for p in range(CLUSTER_PARTITIONS):
-            ticker.send(cluster_env["NUDGE_TOPICS__EVENTS"], key=f"clock-{p}".encode(),
-                        value=json.dumps({"event_id": f"tick-{p}-{clock}", "ts": clock,
-                                          "event_type": "page_view",
-                                          "user_id": f"clock-{p}"}).encode(),
-                        partition=p, timestamp_ms=clock)
-        ticker.flush()
+        send_events(stack["bootstrap"], cluster_env["NUDGE_TOPICS__EVENTS"],
+                    [{"event_id": f"tick-{p}-{clock}", "ts": clock, "event_type": "page_view",
+                      "user_id": f"clock-{p}", "_partition": p}
+                     for p in range(CLUSTER_PARTITIONS)])
         got = profiles()
         if all(p.get("events_total") == str(expected[u]["events_total"])
                and p.get("views_10m") == "0" and p.get("views_1h") == "0"
                for u, p in got.items()):
             break
         time.sleep(3)
-    ticker.close()
     got = profiles()
     wrong = [u for u, life in expected.items()
              if [got[u].get(f) for f in ("events_total", "orders_total", "first_seen",
@@ -278,7 +247,8 @@ def test_redis_down_for_60s_then_slowed(stack: dict[str, str], cluster_env: dict
              or abs(float(got[u].get("revenue_total", "nan")) - life["revenue_total"]) > 1e-6
              or got[u].get("views_10m") != "0" or got[u].get("views_1h") != "0"]
     retried = failures(job_id)
-    print(f"\n[redis] injected: Redis stopped 60 s mid-stream, then CLIENT PAUSE 3 s × 3; "
+    print(f"\n[redis] injected: Redis stopped {down_s:.0f} s from the stream's start, then "
+          f"CLIENT PAUSE 3 s × 3; "
           f"{len(events)} events, job failures {retried}\n[redis] expected {len(expected)} "
           f"profiles, got {sum(1 for p in got.values() if p)}, wrong {len(wrong)}")
     assert not wrong, {u: got[u] for u in wrong[:3]}

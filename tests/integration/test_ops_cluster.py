@@ -22,27 +22,18 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-from tests.integration.kafka_io import consume
+from tests.integration.kafka_io import consume, send_events
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from scripts import ops  # noqa: E402
 from tests.conftest import CLUSTER_PARTITIONS as PARTITIONS  # noqa: E402
+from tests.conftest import wait_for  # noqa: E402
 
 M = 60_000
-
-
-def send(bootstrap: str, topic: str, events: list[dict]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    for event in events:
-        producer.send(topic, key=event["user_id"].encode(), value=json.dumps(event).encode(),
-                      partition=event.pop("_partition", None), timestamp_ms=event["ts"])
-    producer.flush()
-    producer.close()
 
 
 def fillers(t0: int, minutes: list[float], tag: str) -> list[dict]:
@@ -50,15 +41,6 @@ def fillers(t0: int, minutes: list[float], tag: str) -> list[dict]:
     return [{"event_id": f"fill-{tag}-{p}-{m}", "event_type": "page_view",
              "user_id": f"u-fill-{p}", "ts": t0 + int(m * M), "_partition": p}
             for m in minutes for p in range(PARTITIONS)]
-
-
-def wait_for(check, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(1)
-    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
 def committed_all(bootstrap: str, group: str, topic: str) -> bool:
@@ -76,7 +58,7 @@ def test_submit_both_jobs_then_status_is_healthy_and_names_operators(
     events = [{"event_id": f"s-{i}", "event_type": "product_view", "user_id": f"u-s{i % 3}",
                "product_id": f"p{i}", "category": "shoes", "ts": t0 + i * 1000}
               for i in range(30)]
-    send(stack["bootstrap"], cluster_env["NUDGE_TOPICS__EVENTS"], events)
+    send_events(stack["bootstrap"], cluster_env["NUDGE_TOPICS__EVENTS"], events)
 
     ids = {job: ops.submit(job) for job in ("triggers", "profiles")}
 
@@ -113,7 +95,7 @@ def test_stop_with_savepoint_then_resume_keeps_a_pending_cart(
     t0 = (int(time.time() * 1000) - 2 * 3_600_000) // M * M
     cart = {"event_id": "keep-1", "event_type": "add_to_cart", "user_id": "u-keep",
             "product_id": "p1", "quantity": 2, "price": 10.0, "ts": t0}
-    send(bootstrap, topic, [cart, *fillers(t0, [1, 5, 10], "before")])
+    send_events(bootstrap, topic, [cart, *fillers(t0, [1, 5, 10], "before")])
 
     first = ops.submit("triggers")
     wait_for(lambda: committed_all(bootstrap, group, topic), 90, "the first run's commits")
@@ -128,7 +110,7 @@ def test_stop_with_savepoint_then_resume_keeps_a_pending_cart(
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.delete_records(ends)  # the add_to_cart cannot be read again
     admin.close()
-    send(bootstrap, topic, fillers(t0, [45], "after"))
+    send_events(bootstrap, topic, fillers(t0, [45], "after"))
 
     resumed = ops.submit("triggers", ops.latest_savepoint("triggers"))
     restored = ops.rest(f"/jobs/{resumed}/checkpoints")["latest"]["restored"]
