@@ -115,13 +115,18 @@ def wait_running(job_id: str, wait_s: float) -> bool:
 
 
 def cancel(job_id: str, wait_s: float = 60) -> None:
-    """Cancel `job_id` and wait until it has ended (its slots are free again)."""
+    """Cancel `job_id` and wait until it has ended (its slots are free again). On the
+    local stack, a TaskManager the cancel killed is started again
+    (`stack.ensure_taskmanager`)."""
     rest(f"/jobs/{job_id}?mode=cancel", "PATCH")
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if rest(f"/jobs/{job_id}")["state"] in ("CANCELED", "FAILED", "FINISHED"):
-            return
+            break
         time.sleep(0.5)
+    if rest_url() == f"http://127.0.0.1:{stack.FLINK_REST_PORT}":
+        time.sleep(2)  # the TaskManager shuts down a moment after the job ends
+        stack.ensure_taskmanager()
 
 
 def submit(job: str, savepoint: str | None = None, wait_s: float = 120,

@@ -146,7 +146,14 @@ def kafka_start() -> None:
         "share.coordinator.state.topic.replication.factor=1",
         "share.coordinator.state.topic.min.isr=1",
         "group.initial.rebalance.delay.ms=0",
-        "log.retention.hours=168",
+        # Tests, the demo and the benchmark send events with past timestamps (the Kafka
+        # timestamp is the event's ts). Kafka deletes and rolls segments by record
+        # timestamp, so with time-based retention it deleted months-old test records at
+        # its next 5-min check, sometimes before a job had read them. The local broker
+        # keeps data by size only and never rolls a segment for its age.
+        "log.retention.hours=-1",
+        "log.retention.bytes=2147483648",
+        "log.roll.hours=87600",
         "",
     ]))
     log4j = KAFKA_DIR / "log4j2.properties"
@@ -382,6 +389,25 @@ def taskmanager_start() -> None:
         raise StackError(f"flink: taskmanager.sh start failed:\n{proc.stdout}{proc.stderr}")
 
 
+def ensure_taskmanager(wait_s: float = 90) -> bool:
+    """Start a TaskManager when the local cluster answers but has none alive; True if
+    one had to be started. Cancelling a job whose pandas UDF is mid-bundle can kill the
+    TaskManager in Flink 2.2.1 (ArrowPythonScalarFunctionOperator.close writes to the
+    closed Python channel: "FATAL - exception in exception handler"; docs/runbook.md).
+    A cluster manager restarts it in production; on the local stack this does."""
+    if flink_overview() is None or taskmanager_pids():
+        return False
+    print("flink: no TaskManager alive (see docs/runbook.md, 'TaskManager gone after a "
+          "cancel'); starting one", file=sys.stderr)
+    taskmanager_start()
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if (flink_overview() or {}).get("slots-available", 0) > 0:
+            return True
+        time.sleep(1)
+    raise StackError(f"flink: the new TaskManager did not register within {wait_s:.0f}s")
+
+
 def flink_overview() -> dict | None:
     try:
         url = f"http://127.0.0.1:{FLINK_REST_PORT}/overview"
@@ -444,6 +470,9 @@ def up(names: list[str]) -> None:
         svc = SERVICE_TABLE[name]
         if svc.healthy():
             print(f"{name}: already running on 127.0.0.1:{svc.port}")
+            continue
+        if name == "flink" and ensure_taskmanager():  # the JobManager was there
+            print(f"{name}: up on 127.0.0.1:{svc.port} (TaskManager restarted)")
             continue
         if port_open(svc.port):
             raise StackError(f"{name}: port {svc.port} is taken by something that does not "
