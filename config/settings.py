@@ -164,6 +164,18 @@ class ProfileSettings:
 
 
 @dataclass(frozen=True)
+class PrivacySettings:
+    erasure_tombstone_ms: int
+    state_idle_ms: int
+    consent_retention_ms: int
+    max_query_chars: int
+
+    def check(self) -> None:
+        for f in dataclasses.fields(self):
+            _require(getattr(self, f.name) > 0, f"privacy.{f.name}", "must be positive")
+
+
+@dataclass(frozen=True)
 class FlinkSettings:
     parallelism: int
     checkpoint_interval_ms: int
@@ -239,6 +251,7 @@ class Settings:
     events: EventSettings
     triggers: TriggerSettings
     profiles: ProfileSettings
+    privacy: PrivacySettings
     flink: FlinkSettings
 
     def check(self) -> None:
@@ -248,6 +261,16 @@ class Settings:
                 section.check()
         _require(self.kafka.transaction_timeout_ms > self.flink.checkpoint_interval_ms,
                  "kafka.transaction_timeout_ms", "must exceed flink.checkpoint_interval_ms")
+        _require(self.privacy.erasure_tombstone_ms >= self.events.watermark_delay_ms
+                 + self.events.allowed_lateness_ms + self.triggers.session_gap_ms,
+                 "privacy.erasure_tombstone_ms", "must cover the watermark delay, the "
+                 "allowed lateness and a session gap (rows from before an erasure can "
+                 "arrive that long after it)")
+        _require(self.privacy.state_idle_ms >= max(self.triggers.abandon_cooldown_ms,
+                                                    self.triggers.high_intent_cooldown_ms,
+                                                    self.profiles.long_window_ms),
+                 "privacy.state_idle_ms", "must be at least the longest cooldown and the "
+                 "long profile window (state younger than that is still in use)")
         _require(self.events.dedup_horizon_ms >= self.triggers.session_gap_ms,
                  "events.dedup_horizon_ms", "must be at least triggers.session_gap_ms (the "
                  "SQL state TTL also bounds the session-start detection)")

@@ -7,7 +7,9 @@ stack, then a summary of what happened.
    topic;
 3. waits until the notifications stop coming, then prints: events in, dead letters by
    reason, notifications by trigger with a sample, and a few Redis profiles;
-4. stops the jobs. Run it again and it picks up where the consumer groups left off.
+4. erases one user with a profile (a request on the privacy topic) and shows the key
+   gone and the audit record;
+5. stops the jobs. Run it again and it picks up where the consumer groups left off.
 
     make demo            # or: python -m jobs.demo --events 5000
 """
@@ -122,6 +124,38 @@ def print_profiles(settings: Settings, user_ids: list[str]) -> None:
         print("  (none yet: profiles are written as the watermark passes each window end)")
 
 
+def erase_one(settings: Settings, user_ids: list[str], max_wait_s: float = 60.0) -> int:
+    """Send an erasure for the first of `user_ids` with a profile; wait for its key to
+    go and its audit record; print both. Returns 0, or 1 when it did not happen."""
+    import redis
+    from kafka import KafkaProducer
+
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    key_of = {u: f"{settings.redis.key_prefix}profile:{u}" for u in user_ids}
+    user = next((u for u in user_ids if client.exists(key_of[u])), None)
+    if user is None:
+        print("erasure:          skipped (no profile in Redis yet)")
+        return 0
+    bootstrap = settings.kafka.bootstrap
+    audit_from = end_offsets(bootstrap, settings.topics.audit)
+    requested_at = int(time.time() * 1000)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer.send(settings.topics.privacy, key=user.encode(), value=json.dumps(
+        {"type": "erasure", "user_id": user, "ts": requested_at}).encode())
+    producer.close()
+    began = time.monotonic()
+    audit = [r for r in read_since(bootstrap, audit_from, quiet_s=2, max_s=max_wait_s)
+             if json.loads(r.value).get("requested_at") == requested_at
+             and json.loads(r.value).get("user_id") == user]
+    took = time.monotonic() - began
+    gone = not client.exists(key_of[user])
+    print(f"erasure of {user}: key {'deleted' if gone else 'STILL THERE'}, "
+          f"{len(audit)} audit record(s) after {took:.1f}s")
+    for record in audit:
+        print(f"  {record.value.decode()}")
+    return 0 if gone and len(audit) == 1 else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the jobs on synthetic traffic.")
     parser.add_argument("--events", type=int, default=5000)
@@ -157,16 +191,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{LOG_DIR.relative_to(ROOT)}/", file=sys.stderr)
                 return 1
         dead = read_since(bootstrap, dlq_from, quiet_s=2, max_s=15)
+        users = list(dict.fromkeys(json.loads(r.value)["user_id"] for r in notifications))
+        print_summary(settings, counts, notifications, dead, users)
+        erased = erase_one(settings, users)
     finally:
         for job in jobs:
             stop_job(job)
 
-    by_trigger: collections.Counter[str] = collections.Counter()
-    users: list[str] = []
-    for record in notifications:
-        n = json.loads(record.value)
-        by_trigger[n["trigger"]] += 1
-        users.append(n["user_id"])
+    if not notifications:
+        print("error: no notifications came out", file=sys.stderr)
+        return 1
+    if erased:
+        print("error: the erasure was not carried out", file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_summary(settings: Settings, counts: collections.Counter, notifications: list,
+                  dead: list, users: list[str]) -> None:
+    by_trigger = collections.Counter(json.loads(r.value)["trigger"] for r in notifications)
     reasons = collections.Counter(dict(r.headers).get("error", b"?").decode() for r in dead)
     print("\n=== nudge demo summary ===")
     print(f"events in:        {sum(counts.values())}")
@@ -177,11 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for record in notifications[:3]:
         print(f"  {record.value.decode()}")
     print("profiles:")
-    print_profiles(settings, list(dict.fromkeys(users)) or [f"u{i}" for i in range(10)])
-    if not notifications:
-        print("error: no notifications came out", file=sys.stderr)
-        return 1
-    return 0
+    print_profiles(settings, users or [f"u{i}" for i in range(10)])
 
 
 if __name__ == "__main__":

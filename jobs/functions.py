@@ -7,6 +7,14 @@
   (``udfs.cart``) at once, with an event-time timer at its deadline.
 * ``browse`` rows — finished sessions (``udfs.browse.evaluate_browse``).
 * ``high_intent`` rows — matched search → view → add_to_cart (``udfs.high_intent``).
+* ``consent`` and ``erasure`` rows — requests from the privacy topic (``udfs.privacy``).
+  A consent change is queued like an event's consent. An erasure is applied the moment
+  it arrives: all of the user's state goes, a tombstone keeps its ts so that rows from
+  before it that are still on their way are dropped, and the user starts afresh.
+
+State is cleaned up by timers (``udfs.privacy.idle_timer``): a user's cart, caps and
+session flags go ``privacy.state_idle_ms`` after their last activity; stated consent
+after ``privacy.consent_retention_ms``; a tombstone after ``privacy.erasure_tombstone_ms``.
 
 Everything that decides whether a notification goes out — consent changes, session
 starts, candidate firings — is queued by its event time and applied in ts order when the
@@ -46,6 +54,7 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         self.rules = TriggerRules.from_settings(settings.triggers,
                                                 settings.events.default_currency)
         self.avro = settings.formats.notifications == "avro"
+        self.privacy = settings.privacy
 
     def open(self, runtime_context: Any) -> None:
         from pyflink.common import Types
@@ -61,12 +70,18 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         # (a MapState miss costs a round trip to the JVM per access).
         self.pending = runtime_context.get_state(
             ValueStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
+        # The ts of the user's last erasure (a tombstone), while it is kept.
+        self.erased = runtime_context.get_state(
+            ValueStateDescriptor("erased", Types.LONG()))
         group = runtime_context.get_metrics_group().add_group("nudge")
         self.signals_in = group.counter("signals_in")
         self.candidates = {t: group.counter(f"candidates_{t}") for t in TRIGGERS}
         self.emitted = {t: group.counter(f"emitted_{t}") for t in TRIGGERS}
         self.suppressed_cap = group.counter("suppressed_cap")
         self.suppressed_consent = group.counter("suppressed_consent")
+        self.erasures = group.counter("erasures")
+        self.dropped_erased = group.counter("dropped_erased")
+        self.cleared_idle = group.counter("cleared_idle")
         self.latency = group.distribution("emit_latency_ms")
         self.last_latency = 0
         group.gauge("last_emit_latency_ms", lambda: self.last_latency)
@@ -80,19 +95,53 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
     # --- input -------------------------------------------------------------------------
 
     def process_element(self, row: Any, ctx: Any) -> Any:
+        from udfs.privacy import from_erased_past, minimize_query
+
         self.signals_in.inc()
         kind, ts = row[KIND], row[TS]
+        if kind == "erasure":
+            self._erase(ts, ctx)
+            return iter(())
+        # where the row's data begins: a session's start, a match's search
+        begins = row[AUX] if kind == "high_intent" else ts
+        if from_erased_past(self.erased.value(), begins):
+            self.dropped_erased.inc()
+            return iter(())
         if kind == "event":
             self._on_event(row, ctx)
         elif kind == "browse":
             self._on_browse(row, ctx)
         elif kind == "high_intent":
+            query = minimize_query(row[QUERY], self.privacy.max_query_chars)
             self._queue(ctx, ts, (HIGH_INTENT_MATCH, -row[AUX],
-                                  (row[AUX], row[QUERY], row[PRODUCT_ID])))
+                                  (row[AUX], query, row[PRODUCT_ID])))
+        elif kind == "consent":
+            self._queue(ctx, ts, (CONSENT, 0, (row[MARKETING], row[PERSONALIZATION])))
         return iter(())
+
+    def _erase(self, ts: int, ctx: Any) -> None:
+        """An erasure request made at `ts`: clear everything now, keep a tombstone."""
+        from udfs.privacy import idle_timer
+
+        self.erasures.inc()
+        self.cart_state.clear()
+        self.gate_state.clear()
+        # Only what the new user (from ts on) said may stay: consent and session starts.
+        # Every queued firing was built from earlier events.
+        pending = {at: kept for at, items in (self.pending.value() or {}).items() if at >= ts
+                   if (kept := [i for i in items if i[0] in (CONSENT, SESSION_START)])}
+        if pending:
+            self.pending.update(pending)
+        else:
+            self.pending.clear()
+        erased = self.erased.value()
+        self.erased.update(ts if erased is None else max(erased, ts))
+        ctx.timer_service().register_event_time_timer(
+            idle_timer(ts, self.privacy.erasure_tombstone_ms))
 
     def _on_event(self, row: Any, ctx: Any) -> None:
         from udfs.cart import CartState, on_cart_event
+        from udfs.privacy import idle_timer
 
         ts = row[TS]
         raw = self.cart_state.value()
@@ -108,6 +157,9 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
             self.cart_state.update(cart.to_state())
         if deadline is not None:
             ctx.timer_service().register_event_time_timer(deadline)
+        if not cart.is_clearable:
+            ctx.timer_service().register_event_time_timer(
+                idle_timer(ts, self.privacy.state_idle_ms))
         if row[MARKETING] is not None or row[PERSONALIZATION] is not None:
             self._queue(ctx, ts, (CONSENT, 0, (row[MARKETING], row[PERSONALIZATION])))
         if row[NEW_SESSION]:
@@ -135,7 +187,10 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
 
     def on_timer(self, timestamp: int, ctx: Any) -> Any:
         from udfs.cart import CartState, on_timer
+        from udfs.privacy import IDLE_TIMER_GRANULARITY_MS
 
+        if timestamp % IDLE_TIMER_GRANULARITY_MS == 0:
+            self._clean_up(timestamp, ctx)
         pending = self.pending.value() or {}
         items = pending.pop(timestamp, [])
         raw = self.cart_state.value()
@@ -154,12 +209,51 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         else:
             self.pending.clear()
         yield from self._apply(ctx.get_current_key(), timestamp,
-                               sorted(items, key=lambda i: i[:2]))
+                               sorted(items, key=lambda i: i[:2]), ctx)
 
-    def _apply(self, user_id: str, ts: int, items: list[tuple[int, int, Any]]) -> Any:
+    def _clean_up(self, now: int, ctx: Any) -> None:
+        """Drop what a quiet user no longer needs (the clean-up timers are hour-aligned;
+        dropping is idempotent, so a deadline that happens to fall on one is harmless)."""
+        from udfs import gate, high_intent
+        from udfs.cart import CartState
+        from udfs.privacy import idle_timer
+
+        privacy = self.privacy
+        erased = self.erased.value()
+        if erased is not None and erased + privacy.erasure_tombstone_ms <= now:
+            self.erased.clear()
+        raw = self.cart_state.value()
+        if raw is not None:
+            cart = CartState.from_state(raw)
+            if cart.deadline is None and (cart.last_activity_ts is None or
+                                          cart.last_activity_ts + privacy.state_idle_ms <= now):
+                self.cart_state.clear()
+                self.cleared_idle.inc()
+        raw = self.gate_state.value()
+        if raw is None:
+            return
+        gate_state = gate.prune(gate.GateState.from_state(raw[0]), now, self.rules)
+        hi_state = high_intent.HighIntentState.from_state(raw[1])
+        if hi_state.fired and (hi_state.session_start or 0) + privacy.state_idle_ms <= now:
+            hi_state = high_intent.HighIntentState(hi_state.user_id)
+        if gate_state.consent_ts is not None and \
+                gate_state.consent_ts + privacy.consent_retention_ms <= now:
+            gate_state = gate.GateState(last_emitted=gate_state.last_emitted)
+        if gate_state.is_clearable and not hi_state.fired:
+            self.gate_state.clear()
+            self.cleared_idle.inc()
+            return
+        self.gate_state.update((gate_state.to_state(), hi_state.to_state()))
+        if gate_state.consent_ts is not None:  # kept for its retention: come back then
+            ctx.timer_service().register_event_time_timer(
+                idle_timer(gate_state.consent_ts, privacy.consent_retention_ms))
+
+    def _apply(self, user_id: str, ts: int, items: list[tuple[int, int, Any]],
+               ctx: Any) -> Any:
         """Apply the items queued at event time `ts`, in order; yield notifications."""
         from udfs import gate, high_intent
         from udfs.notifications import Firing
+        from udfs.privacy import idle_timer
 
         raw = self.gate_state.value()
         if raw is None:
@@ -196,6 +290,8 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
             self.gate_state.clear()
         else:
             self.gate_state.update((gate_state.to_state(), hi_state.to_state()))
+            ctx.timer_service().register_event_time_timer(
+                idle_timer(ts, self.privacy.state_idle_ms))
 
     def _notification(self, firing: Any) -> Any:
         from pyflink.common import Row

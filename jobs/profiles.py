@@ -3,13 +3,15 @@ the Redis hash ``profile:<user_id>``.
 
     events ─► source stage (jobs/source.py) ─► TUMBLE 1 min per user (JVM) ─► slices ─┐
            └─ events stating consent ─────────────────────────────────────► consent ──┤
+    privacy ─► consent changes, erasure requests (jobs/source.py) ────────────────────┤
     notifications (read_committed) ─ cart_abandoned ──────────────────────────────────┤
                                                                                        ▼
            ProfileFunction (Python, keyed by user; rules in udfs/profile.py)
              windows 10m/1m and 1h/5m as sums of slices, 0s once a window is empty,
-             lifetime figures, segments ─► Redis operations
+             lifetime figures, segments ─► Redis operations; erasure: clear + tombstone
            RedisBatchWriter (pandas UDF) ─► one Redis pipeline per batch (guarded,
-             idempotent, TTL refreshed)
+             idempotent, TTL refreshed) ─► one audit record per erasure carried out
+                                            ─► privacy.audit (Kafka transactions)
 
 Flink SQL reduces the events to one row per user and minute with activity; Python sees
 those rows and writes each window as the watermark passes its end.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,9 +37,11 @@ from pyflink.table.udf import ScalarFunction  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from jobs.runtime import run_job  # noqa: E402
 from jobs.source import (  # noqa: E402
+    create_transactional_sink,
     kafka_options,
     positions,
     read_events,
+    read_privacy,
     select_as,
     sql_interval,
 )
@@ -91,11 +96,21 @@ def slices(t_env: Any, settings: Settings) -> Any:
 
 
 def consent_changes(t_env: Any) -> Any:
+    """Personalization consent stated with events or on the privacy topic."""
     return t_env.sql_query(f"""
         SELECT {select_as(
             SIGNAL_COLUMNS, kind="'consent'", user_id='user_id', ts='ts',
             personalization='consent_personalization')}
         FROM events WHERE consent_personalization IS NOT NULL""")
+
+
+def privacy_requests(t_env: Any) -> Any:
+    """The privacy topic: personalization consent changes and erasure requests."""
+    return t_env.sql_query(f"""
+        SELECT {select_as(
+            SIGNAL_COLUMNS, kind='`type`', user_id='user_id', ts='ts',
+            personalization='personalization')}
+        FROM privacy WHERE `type` = 'erasure' OR personalization IS NOT NULL""")
 
 
 def cart_abandonments(t_env: Any, settings: Settings, bounded: bool = False) -> Any:
@@ -132,6 +147,7 @@ def build_profiles(t_env: Any, settings: Settings, bounded: bool = False) -> Any
 
     signals = (slices(t_env, settings)
                .union_all(consent_changes(t_env))
+               .union_all(privacy_requests(t_env))
                .union_all(cart_abandonments(t_env, settings, bounded)))
     return (t_env.to_data_stream(signals)
             .key_by(lambda row: row[USER_ID], key_type=Types.STRING())
@@ -141,44 +157,64 @@ def build_profiles(t_env: Any, settings: Settings, bounded: bool = False) -> Any
             .uid("profile-function"))
 
 
+def create_audit_sink(t_env: Any, settings: Settings) -> None:
+    """The audit topic, written with Kafka transactions (exactly once)."""
+    topic = settings.topics.audit
+    create_transactional_sink(t_env, settings, "audit_sink", topic, "record",
+                              f"{JOB_NAME}-{topic}")
+
+
 def write_to_redis(t_env: Any, settings: Settings, statements: Any, ops: Any) -> None:
     """The profile function's Redis operations, applied in pipelined batches by a
     vectorized (pandas) UDF: each call gets up to an Arrow batch of rows — all the writes
     of a bundle, e.g. every user whose window ended at one watermark — and sends them in
     one round trip. The call returns only when Redis has acknowledged them, and a bundle
-    ends before a checkpoint barrier passes: at-least-once, and idempotent."""
+    ends before a checkpoint barrier passes: at-least-once, and idempotent.
+
+    The UDF answers each erasure with its audit record (NULL for every other operation),
+    so an audit record exists only once Redis has deleted the keys; those records go to
+    the audit topic. The UDF is declared non-deterministic, which keeps the planner from
+    evaluating it twice (once for the filter, once for the value)."""
     from pyflink.table import DataTypes
     from pyflink.table.udf import udf
 
     t_env.create_temporary_view("profile_ops", t_env.from_data_stream(ops))
     t_env.create_temporary_function(
-        "redis_apply", udf(RedisBatchWriter(settings), result_type=DataTypes.BIGINT(),
+        "redis_apply", udf(RedisBatchWriter(settings), result_type=DataTypes.STRING(),
                            func_type="pandas"))
-    t_env.execute_sql("CREATE TEMPORARY TABLE profile_ops_done (n BIGINT) "
-                      "WITH ('connector' = 'blackhole')")
-    statements.add_insert_sql(
-        "INSERT INTO profile_ops_done SELECT redis_apply(op, `key`, args) FROM profile_ops")
+    create_audit_sink(t_env, settings)
+    statements.add_insert_sql("""
+        INSERT INTO audit_sink
+        SELECT JSON_VALUE(audit, '$.user_id'), CAST(audit AS BYTES) FROM (
+          SELECT redis_apply(op, `key`, args) AS audit FROM profile_ops)
+        WHERE audit IS NOT NULL""")
 
 
 def build(env: Any, t_env: Any, settings: Settings, topic: str | None = None,
-          bounded: bool = False) -> None:
-    """The job's pipeline; `topic` and `bounded` (stop at the offsets current at
-    start-up) are for tests and benchmarks."""
+          bounded: bool = False, privacy_topic: str | None = None) -> None:
+    """The job's pipeline; `topic`, `privacy_topic` and `bounded` (stop at the offsets
+    current at start-up) are for tests and benchmarks."""
     statements = t_env.create_statement_set()
     # The triggers job dead-letters what the source stage rejects; this one only counts.
     read_events(t_env, settings, statements, group_id=f"{settings.kafka.group_id}-profiles",
                 topic=topic, bounded=bounded, dead_letters=False)
+    read_privacy(t_env, settings, statements, group_id=f"{settings.kafka.group_id}-profiles",
+                 topic=privacy_topic, bounded=bounded, dead_letters=False)
     write_to_redis(t_env, settings, statements, build_profiles(t_env, settings, bounded))
     statements.attach_as_datastream()
 
 
 class RedisBatchWriter(ScalarFunction):  # type: ignore[misc]
-    """pandas UDF: (op, key, args as JSON) batches → one Redis pipeline per batch."""
+    """pandas UDF: (op, key, args as JSON) batches → one Redis pipeline per batch; answers
+    each erasure with its audit record (udfs/privacy.py), every other operation NULL."""
 
     def __init__(self, settings: Settings) -> None:
         self.redis_url = settings.redis.url
         self.ttl_ms = settings.redis.profile_ttl_ms
         self.max_wait_s = settings.profiles.redis_max_wait_ms / 1000
+
+    def is_deterministic(self) -> bool:
+        return False  # it writes to Redis: evaluate it exactly once per row
 
     def open(self, function_context: Any) -> None:
         import redis
@@ -191,6 +227,7 @@ class RedisBatchWriter(ScalarFunction):  # type: ignore[misc]
         self.batches = group.counter("redis_batches")
         self.retries = group.counter("redis_retries")
         self.failures = group.counter("redis_failures")
+        self.erasures = group.counter("erasures_completed")
         client = redis.Redis.from_url(self.redis_url, socket_timeout=5,
                                       socket_connect_timeout=5)
         self.store = ProfileStore(client, "", self.ttl_ms, max_wait_s=self.max_wait_s,
@@ -199,30 +236,50 @@ class RedisBatchWriter(ScalarFunction):  # type: ignore[misc]
     def eval(self, ops: Any, keys: Any, args: Any) -> Any:
         import pandas as pd
 
-        from udfs.profile_store import DELETE
+        from udfs.privacy import audit_record
+        from udfs.profile_store import DELETE, ERASE
 
         batch = [(op, key, json.loads(a)) for op, key, a in zip(ops, keys, args, strict=True)]
         try:
-            self.store.apply(batch)
+            results = self.store.apply(batch)
         except Exception:
             self.failures.inc()
             raise
-        deletes = sum(1 for op, _, _ in batch if op == DELETE)
+        completed_at = int(time.time() * 1000)
+        answers: list[str | None] = []
+        for (op, key, op_args), deleted in zip(batch, results, strict=True):
+            if op != ERASE:
+                answers.append(None)
+                continue
+            user_id, requested_at, had_profile = op_args
+            keys_deleted = [key] if deleted or had_profile == "1" else []
+            answers.append(audit_record(user_id, int(requested_at), completed_at,
+                                        keys_deleted).decode())
+        deletes = sum(1 for op, _, _ in batch if op in (DELETE, ERASE))
         self.deletes.inc(deletes)
+        self.erasures.inc(sum(1 for op, _, _ in batch if op == ERASE))
         self.writes.inc(len(batch) - deletes)
         self.batches.inc()
-        return pd.Series([1] * len(batch), dtype="int64")
+        return pd.Series(answers, dtype="object")
 
 
 class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
     """Thin adapter: keyed state ↔ udfs.profile, event-time timers at window ends; emits
-    the Redis operations (op, key, args) that RedisBatchWriter applies."""
+    the Redis operations (op, key, args) that RedisBatchWriter applies.
+
+    Privacy (udfs/privacy.py, docs/privacy.md): withdrawn personalization consent clears
+    the state and deletes the key; an erasure request does the same at once and leaves a
+    tombstone, so slices from before it that are still on their way are dropped. A quiet
+    user's state goes when their Redis key would have expired (last activity + the long
+    window + redis.profile_ttl_ms); stated consent after privacy.consent_retention_ms."""
 
     def __init__(self, settings: Settings) -> None:
         self.rules = profile_rules(settings)
         self.key_prefix = settings.redis.key_prefix
         self.ttl_ms = settings.redis.profile_ttl_ms
         self.default_consent = settings.triggers.default_personalization_consent
+        self.privacy = settings.privacy
+        self.idle_ms = settings.redis.profile_ttl_ms + settings.profiles.long_window_ms
 
     def open(self, runtime_context: Any) -> None:
         from pyflink.common import Types
@@ -234,9 +291,14 @@ class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
             ValueStateDescriptor("profile", Types.PICKLED_BYTE_ARRAY()))
         self.consent = runtime_context.get_state(
             ValueStateDescriptor("consent", Types.PICKLED_BYTE_ARRAY()))
+        # The ts of the user's last erasure (a tombstone), while it is kept.
+        self.erased = runtime_context.get_state(ValueStateDescriptor("erased", Types.LONG()))
         group = runtime_context.get_metrics_group().add_group("nudge")
         self.slices_in = group.counter("slices_in")
         self.zeroed = group.counter("windows_zeroed")
+        self.erasures = group.counter("erasures")
+        self.dropped_erased = group.counter("dropped_erased")
+        self.cleared_idle = group.counter("cleared_idle")
         self.ops = ProfileStore(None, self.key_prefix, self.ttl_ms)  # builds ops only
 
     def _profile(self) -> Any:
@@ -257,8 +319,17 @@ class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
 
     def process_element(self, row: Any, ctx: Any) -> Any:
         from udfs import profile
+        from udfs.privacy import from_erased_past, idle_timer
 
         kind = row[KIND]
+        if kind == "erasure":
+            yield from self._erase(row[TS], ctx)
+            return
+        begins = row[FIRST_TS] if kind == "slice" else row[TS]
+        if from_erased_past(self.erased.value(), begins):
+            self.dropped_erased.inc()
+            return
+        timers = ctx.timer_service()
         if kind == "slice":
             if not self._granted():
                 return
@@ -273,36 +344,76 @@ class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
             self.state.update(state.to_state())
             timer = profile.next_timer(state, self.rules, after=start)
             if timer is not None:
-                ctx.timer_service().register_event_time_timer(timer)
+                timers.register_event_time_timer(timer)
+            timers.register_event_time_timer(idle_timer(row[LAST_TS], self.idle_ms))
         elif kind == "consent":
             yield from self._on_consent(row[TS], bool(row[PERSONALIZATION]),
-                                        ctx.get_current_key())
+                                        ctx.get_current_key(), timers)
         elif kind == "cart_abandoned":
             state = profile.on_cart_abandoned(self._profile(), row[TS])
             self.state.update(state.to_state())
+            timers.register_event_time_timer(idle_timer(row[TS], self.idle_ms))
 
-    def _on_consent(self, ts: int, granted: bool, user_id: str) -> Any:
+    def _on_consent(self, ts: int, granted: bool, user_id: str, timers: Any) -> Any:
+        from udfs.privacy import idle_timer
+
         consent = self.consent.value()
         if consent is not None and consent[0] > ts:
             return  # an older statement than the one in force
         self.consent.update((ts, granted))
+        timers.register_event_time_timer(idle_timer(ts, self.privacy.consent_retention_ms))
         if not granted:
             self.state.clear()
             yield self._row(self.ops.delete_op(user_id))
 
+    def _erase(self, ts: int, ctx: Any) -> Any:
+        """An erasure request made at `ts`: clear everything now, keep a tombstone, and
+        have the writer delete the key and answer with the audit record."""
+        from udfs.privacy import idle_timer
+
+        self.erasures.inc()
+        had_profile = self.state.value() is not None
+        self.state.clear()
+        self.consent.clear()
+        erased = self.erased.value()
+        self.erased.update(ts if erased is None else max(erased, ts))
+        ctx.timer_service().register_event_time_timer(
+            idle_timer(ts, self.privacy.erasure_tombstone_ms))
+        yield self._row(self.ops.erase_op(ctx.get_current_key(), ts, had_profile))
+
     def on_timer(self, timestamp: int, ctx: Any) -> Any:
         from udfs import profile
+        from udfs.privacy import IDLE_TIMER_GRANULARITY_MS
 
-        if not self._granted():
+        if self._granted() and self.state.value() is not None:
+            state, write = profile.on_window_end(self._profile(), self.rules, timestamp)
+            if write is not None:
+                self.zeroed.inc(sum(1 for _, figures in write.windows if figures.empty))
+                yield self._row(self.ops.write_op(ctx.get_current_key(), write))
+            self.state.update(state.to_state())
+            following = profile.next_timer(state, self.rules, after=timestamp)
+            if following is not None:
+                ctx.timer_service().register_event_time_timer(following)
+        if timestamp % IDLE_TIMER_GRANULARITY_MS == 0:
+            self._clean_up(timestamp)
+
+    def _clean_up(self, now: int) -> None:
+        """Drop what a quiet user no longer needs (idempotent; see the class docstring)."""
+        from udfs import profile
+
+        erased = self.erased.value()
+        if erased is not None and erased + self.privacy.erasure_tombstone_ms <= now:
+            self.erased.clear()
+        consent = self.consent.value()
+        if consent is not None and consent[0] + self.privacy.consent_retention_ms <= now:
+            self.consent.clear()
+        if self.state.value() is None:
             return
-        state, write = profile.on_window_end(self._profile(), self.rules, timestamp)
-        if write is not None:
-            self.zeroed.inc(sum(1 for _, figures in write.windows if figures.empty))
-            yield self._row(self.ops.write_op(ctx.get_current_key(), write))
-        self.state.update(state.to_state())
-        following = profile.next_timer(state, self.rules, after=timestamp)
-        if following is not None:
-            ctx.timer_service().register_event_time_timer(following)
+        state = self._profile()
+        last = max(state.lifetime.last_seen or 0, state.last_cart_abandoned or 0)
+        if last + self.idle_ms <= now and profile.next_timer(state, self.rules, now) is None:
+            self.state.clear()
+            self.cleared_idle.inc()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -115,11 +115,16 @@ JSON_TS = "TRY_CAST(JSON_VALUE(CAST(`v` AS STRING), '$.ts') AS BIGINT)"
 
 
 def create_raw_source(t_env: Any, settings: Settings, name: str, topic: str,
-                      group_id: str, bounded: bool = False) -> None:
+                      group_id: str, bounded: bool = False,
+                      startup: str = "group-offsets") -> None:
     """A table of the topic's records as raw bytes with their Kafka coordinates.
 
-    A consumer group without committed offsets starts at `kafka.starting_offsets`;
-    after a restart from a checkpoint the offsets come from the checkpoint.
+    With `startup` group-offsets, a consumer group without committed offsets starts at
+    `kafka.starting_offsets`; after a restart from a checkpoint the offsets come from
+    the checkpoint — except for a partition that had no record yet when the checkpoint
+    was taken: the connector then stores "the committed offset" itself, and a restore
+    from an older checkpoint resumes at whatever was committed later. `earliest-offset`
+    stores "the earliest" instead, so such a restore reads the partition from its start.
 
     Watermarks are made here, per partition, from a JVM-side look at each record's time
     (`est_time`): the integer `ts` of a JSON record (no Python involved), else the Kafka
@@ -148,9 +153,27 @@ def create_raw_source(t_env: Any, settings: Settings, name: str, topic: str,
           'properties.group.id' = '{group_id}',
           'properties.auto.offset.reset' = '{settings.kafka.starting_offsets}',
           'properties.partition.discovery.interval.ms' = '60000',
-          'scan.startup.mode' = 'group-offsets',{bounded_option}
+          'scan.startup.mode' = '{startup}',{bounded_option}
           'key.format' = 'raw', 'key.fields' = 'k',
           'value.format' = 'raw', 'value.fields-include' = 'EXCEPT_KEY'
+        )""")
+
+
+def create_transactional_sink(t_env: Any, settings: Settings, name: str, topic: str,
+                              value: str, transactional_id_prefix: str) -> None:
+    """A sink of (user_id → key, `value` bytes) rows to `topic`, written with Kafka
+    transactions (exactly once; visible to read_committed readers at checkpoints)."""
+    t_env.execute_sql(f"""
+        CREATE TEMPORARY TABLE {q(name)} (
+          `user_id` STRING,
+          {q(value)} BYTES
+        ) WITH (
+          {kafka_options(settings, topic)},
+          'key.format' = 'raw', 'key.fields' = 'user_id',
+          'value.format' = 'raw', 'value.fields-include' = 'EXCEPT_KEY',
+          'sink.delivery-guarantee' = 'exactly-once',
+          'sink.transactional-id-prefix' = '{transactional_id_prefix}',
+          'properties.transaction.timeout.ms' = '{settings.kafka.transaction_timeout_ms}'
         )""")
 
 
@@ -253,6 +276,88 @@ def read_events(t_env: Any, settings: Settings, statements: Any, group_id: str,
         WHERE CURRENT_WATERMARK(rowtime) IS NULL OR NOT ({late})""")
     t_env.create_temporary_view(f"{prefix}events", events)
     return events
+
+
+PRIVACY_COLUMNS = ("type STRING", "user_id STRING", "ts BIGINT", "personalization BOOLEAN",
+                   "marketing BOOLEAN")
+
+
+def _parse_privacy_function(settings: Settings) -> Any:
+    """The `parse_privacy(value, kafka_ts)` table function (udfs/privacy.py): the request's
+    columns with `error` NULL, or all NULL but `error`. Privacy requests are few; this
+    Python stage costs nothing measurable next to the events'."""
+    from pyflink.table import DataTypes
+    from pyflink.table.udf import TableFunction, udtf
+
+    max_future_ms = settings.events.max_future_ms
+
+    class ParsePrivacy(TableFunction):  # type: ignore[misc]
+        def open(self, function_context: Any) -> None:
+            from udfs.events import EventRules
+
+            self.rules = EventRules(max_future_ms=max_future_ms)
+            group = function_context.get_metric_group().add_group("nudge")
+            self.requests = group.counter("privacy_requests")
+            self.rejected = group.counter("privacy_rejected")
+
+        def eval(self, value: bytes | None, kafka_ts: int | None) -> Any:
+            from udfs.events import Rejection
+            from udfs.privacy import decode_request
+
+            result = decode_request(value, kafka_ts, self.rules)
+            if isinstance(result, Rejection):
+                self.rejected.inc()
+                yield (None,) * len(PRIVACY_COLUMNS) + (result.reason,)
+                return
+            self.requests.inc()
+            yield (result.type, result.user_id, result.ts, result.personalization,
+                   result.marketing, None)
+
+    types = {"STRING": DataTypes.STRING(), "BIGINT": DataTypes.BIGINT(),
+             "BOOLEAN": DataTypes.BOOLEAN()}
+    return udtf(ParsePrivacy(), result_types=[types[c.split(" ")[1]] for c in PRIVACY_COLUMNS]
+                + [DataTypes.STRING()])
+
+
+def read_privacy(t_env: Any, settings: Settings, statements: Any, group_id: str,
+                 topic: str | None = None, bounded: bool = False,
+                 dead_letters: bool = True) -> Any:
+    """The privacy topic's consent changes and erasure requests: valid requests as the
+    view `privacy` (columns PRIVACY_COLUMNS), malformed ones to the DLQ (`dead_letters`,
+    as for events). Watermarks come from the requests' ts like the events', so requests
+    and events meet in event time; no request is ever dropped as late — an erasure or a
+    withdrawal is applied however late it comes.
+
+    The topic is read from its beginning whenever the job has no position of its own (a
+    start without state, or a partition that was empty at the restored checkpoint): the
+    privacy topic is the record of every user's consent and erasures, and a restore from
+    a checkpoint older than an erasure must see that erasure again (docs/privacy.md)."""
+    from pyflink.table import Schema
+
+    topic = topic or settings.topics.privacy
+    create_raw_source(t_env, settings, "privacy_raw", topic, group_id, bounded,
+                      startup="earliest-offset")
+    t_env.create_temporary_function("parse_privacy", _parse_privacy_function(settings))
+    names = [c.split(" ")[0] for c in PRIVACY_COLUMNS]
+    decoded = t_env.sql_query(f"""
+        SELECT r.`k`, r.`v`, r.src_topic, r.src_partition, r.src_offset,
+               {', '.join(f'p.{q(n)}' for n in names)}, p.`error`, r.est_time
+        FROM privacy_raw AS r,
+        LATERAL TABLE(parse_privacy(r.`v`, r.kafka_ms))
+          AS p({', '.join(q(n) for n in (*names, 'error'))})""")
+    # A DataStream boundary, so that the DLQ and the jobs share one parse (see read_events).
+    t_env.create_temporary_view("privacy_parsed", t_env.from_data_stream(
+        t_env.to_data_stream(decoded),
+        Schema.new_builder().watermark("est_time", "SOURCE_WATERMARK()").build()))
+    if dead_letters:
+        create_dlq_sink(t_env, settings, "privacy_dlq")
+        statements.add_insert_sql(f"INSERT INTO privacy_dlq "
+                                  f"{_dlq_select('privacy_parsed', 'error')} "
+                                  f"WHERE `error` IS NOT NULL")
+    requests = t_env.sql_query(f"SELECT {', '.join(q(n) for n in names)} "
+                               f"FROM privacy_parsed WHERE `error` IS NULL")
+    t_env.create_temporary_view("privacy", requests)
+    return requests
 
 
 def select_as(columns: tuple[str, ...], **given: str) -> str:

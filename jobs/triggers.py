@@ -34,7 +34,13 @@ if __package__ in (None, ""):  # `flink run -py jobs/triggers.py` runs this file
 
 from config.settings import Settings  # noqa: E402
 from jobs.runtime import run_job  # noqa: E402
-from jobs.source import kafka_options, read_events, select_as, sql_interval  # noqa: E402
+from jobs.source import (  # noqa: E402
+    create_transactional_sink,
+    read_events,
+    read_privacy,
+    select_as,
+    sql_interval,
+)
 
 JOB_NAME = "nudge-triggers"
 CART_TYPES = ("add_to_cart", "remove_from_cart", "checkout_started", "purchase")
@@ -42,7 +48,8 @@ CART_TYPES = ("add_to_cart", "remove_from_cart", "checkout_started", "purchase")
 # One row type for everything the trigger function receives ("signals"):
 #   kind     'event' (cart activity, consent, session start; from the ordered stream),
 #            'browse' (a finished session that may fire browse_abandoned),
-#            'high_intent' (a matched search → view → add_to_cart)
+#            'high_intent' (a matched search → view → add_to_cart),
+#            'consent', 'erasure' (requests from the privacy topic)
 SIGNAL_COLUMNS = (
     "user_id STRING", "kind STRING", "ts BIGINT", "event_type STRING", "product_id STRING",
     "quantity INT", "price DOUBLE", "currency STRING", "new_session BOOLEAN",
@@ -118,20 +125,20 @@ def high_intent_candidates(t_env: Any, settings: Settings) -> Any:
                  A AS A.event_type = 'add_to_cart' AND A.ts - S.ts <= {within})""")
 
 
+def privacy_signals(t_env: Any) -> Any:
+    """Consent changes and erasure requests from the privacy topic (jobs/source.py)."""
+    return t_env.sql_query(f"""
+        SELECT {select_as(
+            SIGNAL_COLUMNS, user_id='user_id', kind='`type`', ts='ts',
+            consent_marketing='marketing', consent_personalization='personalization')}
+        FROM privacy""")
+
+
 def create_notifications_sink(t_env: Any, settings: Settings) -> None:
     """The notifications topic, written with Kafka transactions (exactly once)."""
-    t_env.execute_sql(f"""
-        CREATE TEMPORARY TABLE notifications_sink (
-          `user_id` STRING,
-          `notification` BYTES
-        ) WITH (
-          {kafka_options(settings, settings.topics.notifications)},
-          'key.format' = 'raw', 'key.fields' = 'user_id',
-          'value.format' = 'raw', 'value.fields-include' = 'EXCEPT_KEY',
-          'sink.delivery-guarantee' = 'exactly-once',
-          'sink.transactional-id-prefix' = '{JOB_NAME}-{settings.topics.notifications}',
-          'properties.transaction.timeout.ms' = '{settings.kafka.transaction_timeout_ms}'
-        )""")
+    topic = settings.topics.notifications
+    create_transactional_sink(t_env, settings, "notifications_sink", topic, "notification",
+                              f"{JOB_NAME}-{topic}")
 
 
 def detect_triggers(t_env: Any, settings: Settings) -> Any:
@@ -142,7 +149,8 @@ def detect_triggers(t_env: Any, settings: Settings) -> Any:
 
     signals = (ordered_signals(t_env, settings)
                .union_all(browse_candidates(t_env, settings))
-               .union_all(high_intent_candidates(t_env, settings)))
+               .union_all(high_intent_candidates(t_env, settings))
+               .union_all(privacy_signals(t_env)))
     stream = t_env.to_data_stream(signals)
     return (stream
             .key_by(lambda row: row[0], key_type=Types.STRING())
@@ -150,7 +158,7 @@ def detect_triggers(t_env: Any, settings: Settings) -> Any:
                      output_type=Types.ROW_NAMED(["user_id", "notification"],
                                                  [Types.STRING(),
                                                   Types.PRIMITIVE_ARRAY(Types.BYTE())]))
-            .name("triggers: cart, checkout, browse, high intent → cap, consent")
+            .name("triggers: cart, checkout, browse, high intent → cap, consent, erasure")
             .uid("trigger-function"))
 
 
@@ -160,12 +168,14 @@ def write_notifications(t_env: Any, settings: Settings, statements: Any, stream:
 
 
 def build(env: Any, t_env: Any, settings: Settings, topic: str | None = None,
-          bounded: bool = False) -> None:
-    """The job's pipeline; `topic` and `bounded` (stop at the offsets current at
-    start-up) are for tests and benchmarks."""
+          bounded: bool = False, privacy_topic: str | None = None) -> None:
+    """The job's pipeline; `topic`, `privacy_topic` and `bounded` (stop at the offsets
+    current at start-up) are for tests and benchmarks."""
     statements = t_env.create_statement_set()
     read_events(t_env, settings, statements, group_id=f"{settings.kafka.group_id}-triggers",
                 topic=topic, bounded=bounded)
+    read_privacy(t_env, settings, statements, group_id=f"{settings.kafka.group_id}-triggers",
+                 topic=privacy_topic, bounded=bounded)
     notifications = detect_triggers(t_env, settings)
     write_notifications(t_env, settings, statements, notifications)
     statements.attach_as_datastream()

@@ -34,14 +34,17 @@ FLINK_REST = f"http://127.0.0.1:{stack_mod.FLINK_REST_PORT}"
 CLUSTER_PARTITIONS = 2  # partitions of the topics of jobs submitted to the cluster
 
 
-def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll `check` every second until it holds; fail the test after `timeout_s`."""
+def wait_for(check: Callable[[], bool], timeout_s: float,
+             what: str | Callable[[], str]) -> None:
+    """Poll `check` every second until it holds; fail the test after `timeout_s`. `what`
+    may be a callable, evaluated on failure (to show the state at the time)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
             return
         time.sleep(1)
-    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
+    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for "
+                f"{what() if callable(what) else what}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -122,6 +125,28 @@ def test_environ(stack: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture
+def local_job() -> Iterator[Callable[[str, dict[str, str], str], subprocess.Popen]]:
+    """Start `python -m <module>` (a job on its own local minicluster) with `env`, its
+    output in var/<log_name>.log; every job started is stopped when the test ends."""
+    procs: list[subprocess.Popen] = []
+
+    def start(module: str, env: dict[str, str], log_name: str) -> subprocess.Popen:
+        log = open(ROOT / "var" / f"{log_name}.log", "w")  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
 def cluster_env(stack: dict[str, str], topic_factory, test_environ: dict[str, str]  # type: ignore[no-untyped-def]
                 ) -> Iterator[dict[str, str]]:
     """Fresh topics and consumer groups for jobs submitted to the stack's cluster; no
@@ -135,6 +160,9 @@ def cluster_env(stack: dict[str, str], topic_factory, test_environ: dict[str, st
     env = {**test_environ, "FLINK_REST": stack["flink_rest"],
            "NUDGE_TOPICS__EVENTS": topic_factory("ops-events", CLUSTER_PARTITIONS),
            "NUDGE_TOPICS__NOTIFICATIONS": topic_factory("ops-notifications", CLUSTER_PARTITIONS),
+           "NUDGE_TOPICS__PRIVACY": topic_factory("ops-privacy", CLUSTER_PARTITIONS),
+           "NUDGE_TOPICS__AUDIT": topic_factory("ops-audit", 1),
+           "NUDGE_TOPICS__DLQ": topic_factory("ops-dlq", 1),
            "NUDGE_KAFKA__GROUP_ID": f"ops-{suffix}",
            "NUDGE_REDIS__KEY_PREFIX": f"ops-{suffix}:",
            "NUDGE_FLINK__CHECKPOINT_INTERVAL_MS": "2s"}

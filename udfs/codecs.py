@@ -55,6 +55,7 @@ __all__ = [
     "SchemaRegistryUnavailable",
     "SchemaResolver",
     "UnknownSchema",
+    "decode_json",
     "decode_value",
     "encode_avro",
     "encode_json",
@@ -203,7 +204,7 @@ def decode_value(raw: bytes | None, resolver: SchemaResolver) -> DecodeResult:
         return "empty_value"
     if raw[0] == MAGIC_BYTE:
         return _decode_avro(raw, resolver)
-    return _decode_json(raw)
+    return decode_json(raw)
 
 
 # orjson rather than json.loads, measured on this project's machine: a 293-byte
@@ -213,7 +214,7 @@ def decode_value(raw: bytes | None, resolver: SchemaResolver) -> DecodeResult:
 # surrogate escapes ("\ud800"), which json.loads accepts and which would later fail
 # to re-encode as UTF-8 (Kafka keys, Redis keys). Difference to know: integers
 # beyond 64 bits come back as floats (harmless: no field accepts such values).
-def _decode_json(raw: bytes) -> DecodeResult:
+def decode_json(raw: bytes) -> DecodeResult:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -61,15 +61,16 @@ def script_args(write: ProfileWrite, ttl_ms: int) -> list[str]:
     return args
 
 
-WRITE, DELETE = "write", "delete"
+WRITE, DELETE, ERASE = "write", "delete", "erase"
 
 
 class ProfileStore:
     """Profile writes and deletes against one Redis, pipelined and retried.
 
     ``apply`` sends a whole batch — ``(op, key, args)`` with op ``write`` (the ARGV of
-    ``GUARDED_WRITE``) or ``delete`` — in one round trip. Every operation is idempotent,
-    so a batch that failed half-way is simply sent again.
+    ``GUARDED_WRITE``), ``delete`` (consent withdrawn) or ``erase`` (an erasure request;
+    args ``[user_id, requested_at, had_profile]``, see ``erase_op``) — in one round trip.
+    Every operation is idempotent, so a batch that failed half-way is simply sent again.
     """
 
     def __init__(self, client: Any, key_prefix: str, ttl_ms: int, *, max_wait_s: float = 30.0,
@@ -91,6 +92,13 @@ class ProfileStore:
 
     def delete_op(self, user_id: str) -> tuple[str, str, list[str]]:
         return DELETE, self.key(user_id), []
+
+    def erase_op(self, user_id: str, requested_at: int,
+                 had_profile: bool) -> tuple[str, str, list[str]]:
+        """Delete the user's keys for an erasure request; ``had_profile`` says whether
+        the job held a profile for the user (so the audit names the key even when a
+        replay finds it already gone)."""
+        return ERASE, self.key(user_id), [user_id, str(requested_at), str(int(had_profile))]
 
     def write(self, user_id: str, write: ProfileWrite) -> None:
         self.apply([self.write_op(user_id, write)])
@@ -121,7 +129,7 @@ class ProfileStore:
         for op, key, args in batch:
             if op == WRITE:
                 pipe.evalsha(self._sha, 1, key, *args)
-            elif op == DELETE:
+            elif op in (DELETE, ERASE):
                 pipe.delete(key)
             else:
                 raise ValueError(f"unknown profile store operation {op!r}")

@@ -96,3 +96,42 @@ def test_truncated_or_bit_flipped_avro_events_never_raise(cut: int, flip: int,
     position = flip % len(damaged)
     damaged[position] ^= 1 << bit
     check(decode_and_validate(bytes(damaged), KAFKA_TS, RESOLVER))
+
+
+# The privacy topic's decoder (udfs/privacy.py) runs on every privacy record.
+PRIVACY_REASON = re.compile(
+    r"^(empty_value|invalid_utf8|invalid_json|not_an_object|unknown_privacy_type|bad_ts|"
+    r"future_ts|missing:consent|(missing|bad_type|empty|too_long):[a-z_]+)$")
+
+
+def check_privacy(result: object) -> None:
+    from udfs.privacy import PrivacyRequest
+
+    assert isinstance(result, PrivacyRequest | Rejection)
+    if isinstance(result, Rejection):
+        assert PRIVACY_REASON.match(result.reason), result.reason
+
+
+@FUZZ
+@given(raw=st.binary(max_size=200), kafka_ts=st.one_of(st.none(), st.integers(-1, 2**62)))
+def test_random_privacy_bytes_are_rejected_with_a_reason(raw: bytes,
+                                                         kafka_ts: int | None) -> None:
+    from udfs.privacy import decode_request
+
+    check_privacy(decode_request(raw, kafka_ts))
+
+
+@FUZZ
+@given(base=st.sampled_from([
+    {"type": "consent", "user_id": "u1", "ts": KAFKA_TS, "personalization": False,
+     "marketing": True},
+    {"type": "erasure", "user_id": "u1", "ts": KAFKA_TS}]),
+    drop=st.sets(st.sampled_from(["type", "user_id", "ts", "personalization", "marketing"])),
+    changes=st.dictionaries(st.sampled_from(["type", "user_id", "ts", "personalization",
+                                             "marketing", "extra"]), json_values, max_size=3))
+def test_mutated_privacy_requests_are_decoded_or_rejected(base: dict, drop: set,
+                                                          changes: dict) -> None:
+    from udfs.privacy import decode_request
+
+    value = {k: v for k, v in base.items() if k not in drop} | changes
+    check_privacy(decode_request(json.dumps(value).encode(), KAFKA_TS))

@@ -105,3 +105,12 @@ def test_a_restarted_redis_without_the_script_is_reloaded(store, redis_client) -
     redis_client.script_flush()
     store.apply([store.write_op("u7", write(T0 + 2 * M, views=3, events_total=3))])
     assert redis_client.hget(store.key("u7"), "views_10m") == b"3"
+
+
+def test_an_erase_deletes_the_key_and_reports_it(store, redis_client) -> None:  # type: ignore[no-untyped-def]
+    store.write("u8", write(T0 + M, views=1, events_total=1))
+    op, key, args = store.erase_op("u8", T0 + 2 * M, had_profile=True)
+    assert (op, key, args) == ("erase", store.key("u8"), ["u8", str(T0 + 2 * M), "1"])
+    assert store.apply([(op, key, args)]) == [1]
+    assert redis_client.exists(store.key("u8")) == 0
+    assert store.apply([(op, key, args)]) == [0]  # a replay: already gone

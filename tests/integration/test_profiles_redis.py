@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -130,24 +129,12 @@ def setup(topic_factory, test_environ, redis_client):  # type: ignore[no-untyped
 
 
 @pytest.fixture
-def start_job(setup) -> Iterator[Callable[[str], subprocess.Popen]]:  # type: ignore[no-untyped-def]
-    procs: list[subprocess.Popen] = []
-
+def start_job(setup, local_job) -> Callable[[str], subprocess.Popen]:  # type: ignore[no-untyped-def]
     def start(group: str) -> subprocess.Popen:
-        log = open(ROOT / "var" / f"{setup['events']}-{group}.log", "w")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "jobs.profiles"], cwd=ROOT,
-                                env={**setup["env"], "NUDGE_KAFKA__GROUP_ID": group},
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(proc)
-        return proc
+        return local_job("jobs.profiles", {**setup["env"], "NUDGE_KAFKA__GROUP_ID": group},
+                         f"{setup['events']}-{group}")
 
-    yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    return start
 
 
 def send(bootstrap: str, topic: str, records: list[dict], partitions: int = 1) -> None:

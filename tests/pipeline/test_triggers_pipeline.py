@@ -22,6 +22,13 @@ v product_view with category, s search, p page_view):
         0                                10                20
     h   +x $                              ──► nothing (purchase empties the cart)
         0  1
+    i   +x   (erasure @ 5)   +y            ──► never x. i is a new user from 5 on, so
+        0                    20                cart_abandoned @ 50 with y only — unless
+                                               the bounded input let +y overtake the
+                                               erasure (then it is erased too; see
+                                               docs/privacy.md)
+    j   +x   (consent marketing=false @ 5 on the privacy topic)   ──► nothing
+        0
 
 The input is shuffled by up to 50 s of event time (within the allowed lateness).
 """
@@ -72,6 +79,9 @@ def trace() -> list[dict]:
         e("g", 20, "add_to_cart", product_id="y"),
         e("h", 0, "add_to_cart", product_id="x"),
         e("h", 1, "purchase", order_id="o1", order_total=9.0),
+        e("i", 0, "add_to_cart", product_id="x", price=7.0),
+        e("i", 20, "add_to_cart", product_id="y", price=1.5),
+        e("j", 0, "add_to_cart", product_id="x"),
     ]
     for i, event in enumerate(events):
         event.setdefault("event_id", f"{event['user_id']}-{i}")
@@ -91,6 +101,10 @@ EXPECTED = sorted([
     ("cart_abandoned", "f", T0 + 37 * M),
     ("cart_abandoned", "g", T0 + 50 * M),
 ])
+PRIVACY = [
+    {"type": "erasure", "user_id": "i", "ts": T0 + 5 * M},
+    {"type": "consent", "user_id": "j", "ts": T0 + 5 * M, "marketing": False},
+]
 
 
 def run_pipeline(parallelism: int, events: list[dict]) -> list[dict]:
@@ -115,6 +129,17 @@ def run_pipeline(parallelism: int, events: list[dict]) -> list[dict]:
         .watermark("rowtime", f"rowtime - {sql_interval(delay)}")
         .build())
     t_env.create_temporary_view("events", table)
+    privacy_type = Types.ROW_NAMED(
+        ["type", "user_id", "ts", "personalization", "marketing"],
+        [Types.STRING(), Types.STRING(), Types.LONG(), Types.BOOLEAN(), Types.BOOLEAN()])
+    requests = [Row(r["type"], r["user_id"], r["ts"], r.get("personalization"),
+                    r.get("marketing")) for r in PRIVACY]
+    t_env.create_temporary_view("privacy", t_env.from_data_stream(
+        env.from_collection(requests, type_info=privacy_type),
+        Schema.new_builder()
+        .column_by_expression("rowtime", "TO_TIMESTAMP_LTZ(ts, 3)")
+        .watermark("rowtime", f"rowtime - {sql_interval(delay)}")
+        .build()))
     with detect_triggers(t_env, settings).execute_and_collect() as results:
         return [json.loads(bytes(row[1])) for row in results]
 
@@ -122,12 +147,18 @@ def run_pipeline(parallelism: int, events: list[dict]) -> list[dict]:
 @pytest.mark.parametrize("parallelism", [1, 2])
 def test_out_of_order_input_gives_the_firings_of_the_sorted_stream(parallelism: int) -> None:
     notifications = run_pipeline(parallelism, trace())
-    got = sorted((n["trigger"], n["user_id"], n["fired_at"]) for n in notifications)
+    got = sorted((n["trigger"], n["user_id"], n["fired_at"]) for n in notifications
+                 if n["user_id"] != "i")
     assert got == EXPECTED
+    erased = [n for n in notifications if n["user_id"] == "i"]
+    assert [(n["trigger"], n["fired_at"]) for n in erased] in (
+        [], [("cart_abandoned", T0 + 50 * M)])
     payloads = {(n["trigger"], n["user_id"]): n["payload"] for n in notifications}
     assert payloads[("browse_abandoned", "d")]["category"] == "m"
     assert payloads[("browse_abandoned", "d")]["product_ids"] == ["p2", "p3", "p4"]
     assert payloads[("high_intent", "f")] == {"query": "tea", "product_id": "x"}
     assert payloads[("cart_abandoned", "a")]["cart_value"] == 5.0
+    for n in erased:
+        assert n["payload"]["items"] == [{"product_id": "y", "quantity": 1, "price": 1.5}]
     assert payloads[("checkout_abandoned", "b")]["items"] == [
         {"product_id": "x", "quantity": 1, "price": 1.0}]

@@ -1,0 +1,106 @@
+"""State stays flat: a long run of users who come once and go quiet does not make the
+keyed state of either job grow (issue 9, minimization).
+
+Both jobs run on the stack's standalone cluster with the clean-up horizons shortened
+(users are quiet after 2 h of event time, stated consent is kept 3 h, caps 1 h). Every
+event-time hour brings 100 new users: each searches, views, adds to the cart (which is
+then abandoned: high_intent and cart_abandoned fire) and half of them state consent.
+Phase 1 sends hours 0–5, phase 2 hours 6–17: three times as many users in total. The
+checkpointed state of the two Python keyed functions — read from the REST API — must not
+grow with them; without the clean-up timers it would triple.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import CLUSTER_PARTITIONS, wait_for
+from tests.integration.kafka_io import send_events
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from scripts import ops  # noqa: E402
+
+M = 60_000
+H = 60 * M
+USERS_PER_HOUR = 100
+SHORT_HORIZONS = {
+    "NUDGE_TRIGGERS__ABANDON_COOLDOWN_MS": "1h",
+    "NUDGE_PRIVACY__STATE_IDLE_MS": "2h",
+    "NUDGE_PRIVACY__CONSENT_RETENTION_MS": "3h",
+    "NUDGE_PRIVACY__ERASURE_TOMBSTONE_MS": "1h",
+    "NUDGE_REDIS__PROFILE_TTL_MS": "1h",
+    # a heap backend with full checkpoints: its size is the live state (RocksDB would
+    # keep deleted entries until a compaction)
+    "NUDGE_FLINK__STATE_BACKEND": "hashmap",
+    "NUDGE_FLINK__INCREMENTAL_CHECKPOINTS": "false",
+}
+KEYED = {"triggers": "triggers: cart", "profiles": "profiles: windows"}
+
+
+def hour_of_users(t0: int, hour: int) -> list[dict]:
+    events = []
+    for i in range(USERS_PER_HOUR):
+        user, base = f"u-{hour}-{i}", t0 + hour * H + (i % 50) * 1000
+        consent = {"consent": {"personalization": True, "marketing": True}} if i % 2 else {}
+        for n, (event_type, extra) in enumerate([
+                ("search", {"query": "shoes"}),
+                ("product_view", {"product_id": f"p{i}", "category": "shoes"}),
+                ("add_to_cart", {"product_id": f"p{i}", "price": 10.0, **consent})]):
+            events.append({"event_id": f"{user}-{n}", "event_type": event_type,
+                           "user_id": user, "ts": base + n * M, **extra})
+    # event time moves on every partition, every 10 minutes
+    for minute in range(0, 60, 10):
+        for p in range(CLUSTER_PARTITIONS):
+            events.append({"event_id": f"fill-{hour}-{minute}-{p}", "event_type": "page_view",
+                           "user_id": f"u-fill-{p}", "ts": t0 + hour * H + minute * M,
+                           "_partition": p})
+    return sorted(events, key=lambda e: e["ts"])
+
+
+def keyed_state_size(job_id: str, vertex_prefix: str) -> tuple[int, int]:
+    """(checkpoint id, checkpointed state size in bytes) of the vertex named so, from
+    the newest completed checkpoint."""
+    vertex = next(v["id"] for v in ops.rest(f"/jobs/{job_id}")["vertices"]
+                  if v["name"].startswith(vertex_prefix))
+    latest = ops.rest(f"/jobs/{job_id}/checkpoints")["latest"]["completed"]
+    detail = ops.rest(f"/jobs/{job_id}/checkpoints/details/{latest['id']}")
+    return int(latest["id"]), int(detail["tasks"][vertex]["state_size"])
+
+
+def settle(ids: dict[str, str], bootstrap: str, group: str, topic: str) -> dict[str, int]:
+    """Wait until both jobs committed the whole topic and completed two checkpoints
+    more; return each keyed function's state size."""
+    for job in ids:
+        wait_for(lambda job=job: ops.consumer_lag(bootstrap, f"{group}-{job}", topic) == 0,
+                 240, f"{job} to read everything")
+    marks = {job: keyed_state_size(ids[job], KEYED[job])[0] for job in ids}
+    for job in ids:
+        wait_for(lambda job=job: keyed_state_size(ids[job], KEYED[job])[0] >= marks[job] + 2,
+                 120, f"two more checkpoints of {job}")
+    return {job: keyed_state_size(ids[job], KEYED[job])[1] for job in ids}
+
+
+def test_keyed_state_stays_flat_while_users_come_and_go(
+        stack: dict[str, str], cluster_env: dict[str, str]) -> None:
+    bootstrap, topic = stack["bootstrap"], cluster_env["NUDGE_TOPICS__EVENTS"]
+    group = cluster_env["NUDGE_KAFKA__GROUP_ID"]
+    t0 = (int(time.time() * 1000) - 20 * H) // H * H
+    ids = {job: ops.submit(job, env=SHORT_HORIZONS) for job in KEYED}
+
+    send_events(bootstrap, topic, [e for h in range(6) for e in hour_of_users(t0, h)])
+    first = settle(ids, bootstrap, group, topic)
+    send_events(bootstrap, topic, [e for h in range(6, 18) for e in hour_of_users(t0, h)])
+    second = settle(ids, bootstrap, group, topic)
+
+    print(f"keyed state after 600 users: {first}, after 1800 users: {second}")
+    for job in KEYED:
+        assert first[job] > 20_000, f"{job}: too little state to measure ({first[job]} B)"
+        assert second[job] <= first[job] * 1.25, \
+            f"{job}: keyed state grew from {first[job]} to {second[job]} bytes"
+        vertex = next(v["id"] for v in ops.rest(f"/jobs/{ids[job]}")["vertices"]
+                      if v["name"].startswith(KEYED[job]))
+        assert ops.custom_metrics(ids[job], vertex).get("cleared_idle", 0) > 0
