@@ -100,16 +100,19 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _vertex_counts(job_id: str) -> tuple[int, int]:
-    """(records the Kafka source emitted, records the last vertex received). The source's
+    """(records the events source emitted, records all vertices received). The source's
     own operator metric, not the vertex's network output: a fully chained job (the
-    reference) sends nothing over the network."""
+    reference) sends nothing over the network. The sum over all vertices stops growing
+    only when nothing moves anywhere — timers firing and Redis writes included; the last
+    vertex alone can be a sink that rarely receives anything (DLQ, audit)."""
     vertices = ops.rest(f"/jobs/{job_id}")["vertices"]
-    first = vertices[0]["id"]
-    listed = ops.rest(f"/jobs/{job_id}/vertices/{first}/subtasks/metrics")
+    source = next((v for v in vertices if v["name"].startswith("Source")
+                   and "events_raw" in v["name"]), vertices[0])
+    listed = ops.rest(f"/jobs/{job_id}/vertices/{source['id']}/subtasks/metrics")
     names = [m["id"] for m in listed
              if m["id"].startswith("Source") and m["id"].endswith(".numRecordsOut")]
-    source_out = sum(ops.vertex_metrics(job_id, first, names[:1]).values())
-    return int(source_out), int(vertices[-1]["metrics"]["read-records"])
+    source_out = sum(ops.vertex_metrics(job_id, source["id"], names[:1]).values())
+    return int(source_out), sum(int(v["metrics"]["read-records"]) for v in vertices)
 
 
 def _checkpoint_stats(job_id: str) -> dict[str, Any]:

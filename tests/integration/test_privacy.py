@@ -5,8 +5,10 @@ Triggers (minicluster; minutes after T0, + add_to_cart, v product_view(shoes)):
 
     u-keep         +p1                                 ──► cart_abandoned @ 30 (control)
     u-optout       +p1     consent marketing=false @ 5 ──► nothing
-    u-erased       +p1 ×3  erasure @ 10   +p2 @ 20     ──► cart_abandoned @ 50, items p2
-                                                           only: a new user after 10
+    u-erased       +p1 ×3  erasure @ 10   +p2 @ 20     ──► never p1; cart_abandoned @ 50
+                                                           with p2 only (a new user after
+                                                           10) unless the preloaded events
+                                                           overtook the request
     u-browse       v v v                               ──► browse_abandoned @ 32 (control)
     u-erased-b     v v v   erasure @ 2.5   v @ 3        ──► nothing: the session holds
                                                            events from before the erasure
@@ -123,16 +125,21 @@ def test_consent_withdrawal_and_erasure_in_the_triggers_job(
     job = run_job("triggers")
 
     expected = {("cart_abandoned", "u-keep", T0 + 30 * M),
-                ("cart_abandoned", "u-erased", T0 + 50 * M),
                 ("browse_abandoned", "u-browse", T0 + 32 * M)}
     records = consume(bootstrap, topics["notifications"], len(expected), timeout_s=240,
-                      settle_s=10, job=job, isolation_level="read_committed")
+                      settle_s=15, job=job, isolation_level="read_committed")
     notifications = [json.loads(r.value) for r in records]
-    assert sorted((n["trigger"], n["user_id"], n["fired_at"]) for n in notifications) == \
-        sorted(expected)
-    after = next(n for n in notifications if n["user_id"] == "u-erased")
-    assert after["payload"]["items"] == [{"product_id": "p2", "quantity": 1, "price": 4.0}]
-    assert after["payload"]["last_activity_ts"] == T0 + 20 * M
+    got = [(n["trigger"], n["user_id"], n["fired_at"]) for n in notifications]
+    assert sorted(g for g in got if g[1] != "u-erased") == sorted(expected)
+    # Nothing of u-erased from before the request. Its cart from after the request fires
+    # as a new user's, unless the preloaded events overtook the request (then it is
+    # erased too: the known limit in docs/privacy.md).
+    after = [n for n in notifications if n["user_id"] == "u-erased"]
+    assert [(n["trigger"], n["fired_at"]) for n in after] in (
+        [], [("cart_abandoned", T0 + 50 * M)])
+    for n in after:
+        assert n["payload"]["items"] == [{"product_id": "p2", "quantity": 1, "price": 4.0}]
+        assert n["payload"]["last_activity_ts"] == T0 + 20 * M
 
     dlq = consume(bootstrap, topics["dlq"], 2, timeout_s=30)
     assert sorted(dict(r.headers)["error"].decode() for r in dlq) == \
@@ -179,17 +186,38 @@ def test_erasure_and_withdrawal_in_the_profiles_job(
         assert record["user_id"] == "a" and record["requested_at"] == requested_at
         assert record["redis_keys_deleted"] == [f"{prefix}profile:a"]
         assert sent <= record["completed_at"] <= int(time.time() * 1000)
+        # A restore from a checkpoint older than the erasure would carry it out again,
+        # after events that the job handled first (docs/privacy.md, "Known limit"): go on
+        # once a checkpoint holds it.
+        group = f"it-{topics['events']}-profiles"
+        wait_for(lambda: ops.consumer_lag(bootstrap, group, topics["privacy"]) == 0, 60,
+                 "a checkpoint after the erasure")
 
         # After the request: a is a new user; b stays without a profile. The event of a
         # at 20.5 min comes after the erasure but is from before it: not counted.
+        # The clocks go only once these are read: after a pause, both partitions are
+        # idle, and a clock read first on one partition would make the other's events
+        # late (an idle partition does not hold the watermark back; contract).
         send_events(bootstrap, topics["events"], [
             ev("a", 20.5, "page_view", 3), ev("a", 22, "page_view", 4),
             ev("a", 23, "product_view", 5, product_id="p", category="m"),
-            ev("b", 22, "page_view", 3), *clocks(40)])
-        wait_for(lambda: profile("a").get("events_total") == "2"
-                 and profile("a").get("window_end_10m") == str(T0 + 34 * M), 120,
-                 lambda: f"a's new profile (events_total 2, window_end_10m "
+            ev("b", 22, "page_view", 3)])
+        wait_for(lambda: ops.consumer_lag(bootstrap, group, topics["events"]) == 0, 60,
+                 "a's new events to be read")
+        # Then event time moves on a minute at a time, as live traffic does: the profile
+        # function's window timers are chained (each registers the next), and one jump
+        # of the watermark fires only the first of them (docs/performance.md).
+        minute = iter(range(40, 400))
+
+        def a_rewritten() -> bool:
+            if profile("a").get("window_end_10m") == str(T0 + 34 * M):
+                return True
+            send_events(bootstrap, topics["events"], clocks(next(minute)))
+            return False
+
+        wait_for(a_rewritten, 120, lambda: f"a's new profile (window_end_10m "
                  f"{T0 + 34 * M}); Redis has {profile('a')}")
+        assert profile("a")["events_total"] == "2"
         assert profile("a")["first_seen"] == str(T0 + 22 * M)
         assert profile("b") == {}
         again = consume(bootstrap, topics["audit"], 2, timeout_s=5,
