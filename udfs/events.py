@@ -50,10 +50,13 @@ __all__ = [
     "EVENT_TYPES",
     "Event",
     "EventRules",
+    "Invalid",
     "Rejection",
+    "checked_ts",
     "decode_and_validate",
     "event_to_dict",
     "parse_ts",
+    "required_str",
     "validate",
 ]
 
@@ -129,8 +132,9 @@ class Rejection:
     reason: str
 
 
-class _Reject(Exception):
-    """Internal short-cut out of `validate`; never escapes this module."""
+class Invalid(Exception):
+    """Raised by the checks here (`required_str`, `checked_ts`, ...); `validate` and the
+    privacy topic's `udfs.privacy.validate_request` turn it into a `Rejection`."""
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -167,21 +171,35 @@ def parse_ts(value: object) -> int | None:
     return ms if 0 <= ms <= MAX_TS_MS else None
 
 
-def _required_str(obj: dict[str, Any], name: str) -> str:
+def required_str(obj: dict[str, Any], name: str) -> str:
     value = obj.get(name)
     if value is None:
-        raise _Reject(f"missing:{name}")
+        raise Invalid(f"missing:{name}")
     if not isinstance(value, str):
-        raise _Reject(f"bad_type:{name}")
+        raise Invalid(f"bad_type:{name}")
     if not value:
-        raise _Reject(f"empty:{name}")
+        raise Invalid(f"empty:{name}")
     return value
+
+
+def checked_ts(obj: dict[str, Any], kafka_ts_ms: int | None, rules: EventRules) -> int:
+    """The object's `ts` as integer ms: `missing:ts`, `bad_ts`, or `future_ts` when it is
+    more than `rules.max_future_ms` after the Kafka timestamp (None or negative: no check)."""
+    raw_ts = obj.get("ts")
+    if raw_ts is None:
+        raise Invalid("missing:ts")
+    ts = parse_ts(raw_ts)
+    if ts is None:
+        raise Invalid("bad_ts")
+    if kafka_ts_ms is not None and kafka_ts_ms >= 0 and ts > kafka_ts_ms + rules.max_future_ms:
+        raise Invalid("future_ts")
+    return ts
 
 
 def _optional_str(obj: dict[str, Any], name: str) -> str | None:
     value = obj.get(name)
     if value is not None and not isinstance(value, str):
-        raise _Reject(f"bad_type:{name}")
+        raise Invalid(f"bad_type:{name}")
     return value
 
 
@@ -191,15 +209,15 @@ def _amount(obj: dict[str, Any], name: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Reject(f"bad_type:{name}")
+        raise Invalid(f"bad_type:{name}")
     try:
         amount = float(value)
     except OverflowError:  # an int too large for a double
-        raise _Reject(f"bad_value:{name}") from None
+        raise Invalid(f"bad_value:{name}") from None
     if not math.isfinite(amount):
-        raise _Reject(f"bad_value:{name}")
+        raise Invalid(f"bad_value:{name}")
     if amount < 0:
-        raise _Reject(f"negative:{name}")
+        raise Invalid(f"negative:{name}")
     return amount
 
 
@@ -210,9 +228,9 @@ def _quantity(obj: dict[str, Any]) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _Reject("bad_type:quantity")
+        raise Invalid("bad_type:quantity")
     if not 1 <= value <= MAX_QUANTITY:
-        raise _Reject("bad_value:quantity")
+        raise Invalid("bad_value:quantity")
     return value
 
 
@@ -221,9 +239,9 @@ def _currency(obj: dict[str, Any], default: str) -> str:
     if value is None:
         return default
     if not isinstance(value, str):
-        raise _Reject("bad_type:currency")
+        raise Invalid("bad_type:currency")
     if not (len(value) == 3 and value.isascii() and value.isalpha() and value.isupper()):
-        raise _Reject("bad_value:currency")
+        raise Invalid("bad_value:currency")
     return value
 
 
@@ -232,50 +250,43 @@ def _consent(obj: dict[str, Any]) -> Consent | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise _Reject("bad_type:consent")
+        raise Invalid("bad_type:consent")
     flags = []
     for name in ("personalization", "marketing"):
         flag = value.get(name)
         if flag is None:
-            raise _Reject(f"missing:consent.{name}")
+            raise Invalid(f"missing:consent.{name}")
         if not isinstance(flag, bool):
-            raise _Reject(f"bad_type:consent.{name}")
+            raise Invalid(f"bad_type:consent.{name}")
         flags.append(flag)
     return Consent(personalization=flags[0], marketing=flags[1])
 
 
 def _validate(obj: object, kafka_ts_ms: int | None, rules: EventRules) -> Event:
     if not isinstance(obj, dict):
-        raise _Reject("not_an_object")
-    event_id = _required_str(obj, "event_id")
+        raise Invalid("not_an_object")
+    event_id = required_str(obj, "event_id")
     event_type = obj.get("event_type")
     if event_type is None:
-        raise _Reject("missing:event_type")
+        raise Invalid("missing:event_type")
     if not isinstance(event_type, str):
-        raise _Reject("bad_type:event_type")
-    user_id = _required_str(obj, "user_id")
+        raise Invalid("bad_type:event_type")
+    user_id = required_str(obj, "user_id")
     if event_type not in EVENT_TYPES:
-        raise _Reject("unknown_event_type")
+        raise Invalid("unknown_event_type")
     if len(user_id) > rules.max_user_id_len:
-        raise _Reject("too_long:user_id")
+        raise Invalid("too_long:user_id")
 
-    raw_ts = obj.get("ts")
-    if raw_ts is None:
-        raise _Reject("missing:ts")
-    ts = parse_ts(raw_ts)
-    if ts is None:
-        raise _Reject("bad_ts")
-    if kafka_ts_ms is not None and kafka_ts_ms >= 0 and ts > kafka_ts_ms + rules.max_future_ms:
-        raise _Reject("future_ts")
+    ts = checked_ts(obj, kafka_ts_ms, rules)
 
     if event_type in NEEDS_PRODUCT:
-        product_id: str | None = _required_str(obj, "product_id")
+        product_id: str | None = required_str(obj, "product_id")
     else:
         product_id = _optional_str(obj, "product_id")
     if event_type == "purchase":
-        order_id: str | None = _required_str(obj, "order_id")
+        order_id: str | None = required_str(obj, "order_id")
         if obj.get("order_total") is None:
-            raise _Reject("missing:order_total")
+            raise Invalid("missing:order_total")
     else:
         order_id = _optional_str(obj, "order_id")
     order_total = _amount(obj, "order_total")
@@ -307,8 +318,8 @@ def validate(
     """
     try:
         return _validate(obj, kafka_ts_ms, rules)
-    except _Reject as rejected:
-        return Rejection(rejected.reason)
+    except Invalid as invalid:
+        return Rejection(invalid.reason)
 
 
 def decode_and_validate(

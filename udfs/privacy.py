@@ -42,7 +42,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from udfs.codecs import decode_json
-from udfs.events import DEFAULT_RULES, EventRules, Rejection, parse_ts
+from udfs.events import (
+    DEFAULT_RULES,
+    EventRules,
+    Invalid,
+    Rejection,
+    checked_ts,
+    required_str,
+)
 
 CONSENT, ERASURE = "consent", "erasure"
 REQUEST_TYPES = (CONSENT, ERASURE)
@@ -63,48 +70,38 @@ class PrivacyRequest:
 def validate_request(obj: Any, kafka_ts_ms: int | None,
                      rules: EventRules = DEFAULT_RULES) -> PrivacyRequest | Rejection:
     """Check a decoded JSON value against the contract's two request shapes."""
+    try:
+        return _validate_request(obj, kafka_ts_ms, rules)
+    except Invalid as invalid:
+        return Rejection(invalid.reason)
+
+
+def _validate_request(obj: Any, kafka_ts_ms: int | None, rules: EventRules) -> PrivacyRequest:
+    """`user_id` and `ts` follow the events' rules (udfs/events.py)."""
     if not isinstance(obj, dict):
-        return Rejection("not_an_object")
-    kind = _string(obj, "type")
-    if isinstance(kind, Rejection):
-        return kind
+        raise Invalid("not_an_object")
+    kind = obj.get("type")
+    if kind is None:
+        raise Invalid("missing:type")
+    if not isinstance(kind, str):
+        raise Invalid("bad_type:type")
     if kind not in REQUEST_TYPES:
-        return Rejection("unknown_privacy_type")
-    user_id = _string(obj, "user_id")
-    if isinstance(user_id, Rejection):
-        return user_id
+        raise Invalid("unknown_privacy_type")
+    user_id = required_str(obj, "user_id")
     if len(user_id) > rules.max_user_id_len:
-        return Rejection("too_long:user_id")
-    if obj.get("ts") is None:
-        return Rejection("missing:ts")
-    ts = parse_ts(obj["ts"])
-    if ts is None:
-        return Rejection("bad_ts")
-    if kafka_ts_ms is not None and kafka_ts_ms >= 0 and ts > kafka_ts_ms + rules.max_future_ms:
-        return Rejection("future_ts")
+        raise Invalid("too_long:user_id")
+    ts = checked_ts(obj, kafka_ts_ms, rules)
     if kind == ERASURE:
         return PrivacyRequest(ERASURE, user_id, ts)
     flags: dict[str, bool | None] = {}
     for name in ("personalization", "marketing"):
         flag = obj.get(name)
         if flag is not None and not isinstance(flag, bool):
-            return Rejection(f"bad_type:{name}")
+            raise Invalid(f"bad_type:{name}")
         flags[name] = flag
     if flags["personalization"] is None and flags["marketing"] is None:
-        return Rejection("missing:consent")
+        raise Invalid("missing:consent")
     return PrivacyRequest(CONSENT, user_id, ts, flags["personalization"], flags["marketing"])
-
-
-def _string(obj: dict[str, Any], name: str) -> str | Rejection:
-    """A required string field, or why it is not one (an empty `type` is unknown)."""
-    value = obj.get(name)
-    if value is None:
-        return Rejection(f"missing:{name}")
-    if not isinstance(value, str):
-        return Rejection(f"bad_type:{name}")
-    if not value and name != "type":
-        return Rejection(f"empty:{name}")
-    return value
 
 
 def decode_request(raw: bytes | None, kafka_ts_ms: int | None,
