@@ -33,6 +33,7 @@ from pyflink.datastream import KeyedProcessFunction
 
 from config.settings import Settings
 from jobs.source import positions
+from jobs.tombstone import Tombstone
 from jobs.triggers import SIGNAL_COLUMNS
 
 USER_ID, KIND, TS, EVENT_TYPE, PRODUCT_ID, QUANTITY, PRICE, CURRENCY, NEW_SESSION, \
@@ -70,9 +71,7 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         # (a MapState miss costs a round trip to the JVM per access).
         self.pending = runtime_context.get_state(
             ValueStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
-        # The ts of the user's last erasure (a tombstone), while it is kept.
-        self.erased = runtime_context.get_state(
-            ValueStateDescriptor("erased", Types.LONG()))
+        self.tombstone = Tombstone(runtime_context, self.privacy.erasure_tombstone_ms)
         group = runtime_context.get_metrics_group().add_group("nudge")
         self.signals_in = group.counter("signals_in")
         self.candidates = {t: group.counter(f"candidates_{t}") for t in TRIGGERS}
@@ -95,7 +94,7 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
     # --- input -------------------------------------------------------------------------
 
     def process_element(self, row: Any, ctx: Any) -> Any:
-        from udfs.privacy import from_erased_past, minimize_query
+        from udfs.privacy import minimize_query
 
         self.signals_in.inc()
         kind, ts = row[KIND], row[TS]
@@ -104,7 +103,7 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
             return iter(())
         # where the row's data begins: a session's start, a match's search
         begins = row[AUX] if kind == "high_intent" else ts
-        if from_erased_past(self.erased.value(), begins):
+        if self.tombstone.covers(begins):
             self.dropped_erased.inc()
             return iter(())
         if kind == "event":
@@ -121,8 +120,6 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
 
     def _erase(self, ts: int, ctx: Any) -> None:
         """An erasure request made at `ts`: clear everything now, keep a tombstone."""
-        from udfs.privacy import idle_timer
-
         self.erasures.inc()
         self.cart_state.clear()
         self.gate_state.clear()
@@ -134,10 +131,7 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
             self.pending.update(pending)
         else:
             self.pending.clear()
-        erased = self.erased.value()
-        self.erased.update(ts if erased is None else max(erased, ts))
-        ctx.timer_service().register_event_time_timer(
-            idle_timer(ts, self.privacy.erasure_tombstone_ms))
+        self.tombstone.set(ts, ctx.timer_service())
 
     def _on_event(self, row: Any, ctx: Any) -> None:
         from udfs.cart import CartState, on_cart_event
@@ -219,9 +213,7 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         from udfs.privacy import idle_timer
 
         privacy = self.privacy
-        erased = self.erased.value()
-        if erased is not None and erased + privacy.erasure_tombstone_ms <= now:
-            self.erased.clear()
+        self.tombstone.expire(now)
         raw = self.cart_state.value()
         if raw is not None:
             cart = CartState.from_state(raw)

@@ -45,6 +45,7 @@ from jobs.source import (  # noqa: E402
     select_as,
     sql_interval,
 )
+from jobs.tombstone import Tombstone  # noqa: E402
 
 JOB_NAME = "nudge-profiles"
 # What the profile function emits: one Redis operation (udfs/profile_store.py) per row.
@@ -291,8 +292,7 @@ class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
             ValueStateDescriptor("profile", Types.PICKLED_BYTE_ARRAY()))
         self.consent = runtime_context.get_state(
             ValueStateDescriptor("consent", Types.PICKLED_BYTE_ARRAY()))
-        # The ts of the user's last erasure (a tombstone), while it is kept.
-        self.erased = runtime_context.get_state(ValueStateDescriptor("erased", Types.LONG()))
+        self.tombstone = Tombstone(runtime_context, self.privacy.erasure_tombstone_ms)
         group = runtime_context.get_metrics_group().add_group("nudge")
         self.slices_in = group.counter("slices_in")
         self.zeroed = group.counter("windows_zeroed")
@@ -319,14 +319,14 @@ class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
 
     def process_element(self, row: Any, ctx: Any) -> Any:
         from udfs import profile
-        from udfs.privacy import from_erased_past, idle_timer
+        from udfs.privacy import idle_timer
 
         kind = row[KIND]
         if kind == "erasure":
             yield from self._erase(row[TS], ctx)
             return
         begins = row[FIRST_TS] if kind == "slice" else row[TS]
-        if from_erased_past(self.erased.value(), begins):
+        if self.tombstone.covers(begins):
             self.dropped_erased.inc()
             return
         timers = ctx.timer_service()
@@ -369,16 +369,11 @@ class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
     def _erase(self, ts: int, ctx: Any) -> Any:
         """An erasure request made at `ts`: clear everything now, keep a tombstone, and
         have the writer delete the key and answer with the audit record."""
-        from udfs.privacy import idle_timer
-
         self.erasures.inc()
         had_profile = self.state.value() is not None
         self.state.clear()
         self.consent.clear()
-        erased = self.erased.value()
-        self.erased.update(ts if erased is None else max(erased, ts))
-        ctx.timer_service().register_event_time_timer(
-            idle_timer(ts, self.privacy.erasure_tombstone_ms))
+        self.tombstone.set(ts, ctx.timer_service())
         yield self._row(self.ops.erase_op(ctx.get_current_key(), ts, had_profile))
 
     def on_timer(self, timestamp: int, ctx: Any) -> Any:
@@ -401,9 +396,7 @@ class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
         """Drop what a quiet user no longer needs (idempotent; see the class docstring)."""
         from udfs import profile
 
-        erased = self.erased.value()
-        if erased is not None and erased + self.privacy.erasure_tombstone_ms <= now:
-            self.erased.clear()
+        self.tombstone.expire(now)
         consent = self.consent.value()
         if consent is not None and consent[0] + self.privacy.consent_retention_ms <= now:
             self.consent.clear()
