@@ -97,7 +97,7 @@ def slices(t_env: Any, settings: Settings) -> Any:
 
 
 def consent_changes(t_env: Any) -> Any:
-    """Personalization consent stated with events or on the privacy topic."""
+    """Personalization consent stated with events (the privacy topic's: privacy_requests)."""
     return t_env.sql_query(f"""
         SELECT {select_as(
             SIGNAL_COLUMNS, kind="'consent'", user_id='user_id', ts='ts',
@@ -248,18 +248,20 @@ class RedisBatchWriter(ScalarFunction):  # type: ignore[misc]
             raise
         completed_at = int(time.time() * 1000)
         answers: list[str | None] = []
+        deletes = erasures = 0
         for (op, key, op_args), deleted in zip(batch, results, strict=True):
-            if op != ERASE:
-                answers.append(None)
-                continue
-            user_id, requested_at, had_profile = op_args
-            keys_deleted = [key] if deleted or had_profile == "1" else []
-            answers.append(audit_record(user_id, int(requested_at), completed_at,
-                                        keys_deleted).decode())
-        deletes = sum(1 for op, _, _ in batch if op in (DELETE, ERASE))
-        self.deletes.inc(deletes)
-        self.erasures.inc(sum(1 for op, _, _ in batch if op == ERASE))
-        self.writes.inc(len(batch) - deletes)
+            answers.append(None)
+            if op == DELETE:
+                deletes += 1
+            elif op == ERASE:
+                erasures += 1
+                user_id, requested_at, had_profile = op_args
+                keys_deleted = [key] if deleted or had_profile == "1" else []
+                answers[-1] = audit_record(user_id, int(requested_at), completed_at,
+                                           keys_deleted).decode()
+        self.deletes.inc(deletes + erasures)
+        self.erasures.inc(erasures)
+        self.writes.inc(len(batch) - deletes - erasures)
         self.batches.inc()
         return pd.Series(answers, dtype="object")
 
