@@ -383,14 +383,17 @@ class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
         from udfs.privacy import IDLE_TIMER_GRANULARITY_MS
 
         if self._granted() and self.state.value() is not None:
-            state, write = profile.on_window_end(self._profile(), self.rules, timestamp)
+            # Every window end the watermark has passed, in one write (udfs.profile.catch_up)
+            timers = ctx.timer_service()
+            watermark = max(timestamp, timers.current_watermark() or timestamp)
+            state, write, following = profile.catch_up(self._profile(), self.rules,
+                                                       timestamp, watermark)
             if write is not None:
                 self.zeroed.inc(sum(1 for _, figures in write.windows if figures.empty))
                 yield self._row(self.ops.write_op(ctx.get_current_key(), write))
             self.state.update(state.to_state())
-            following = profile.next_timer(state, self.rules, after=timestamp)
             if following is not None:
-                ctx.timer_service().register_event_time_timer(following)
+                timers.register_event_time_timer(following)
         if timestamp % IDLE_TIMER_GRANULARITY_MS == 0:
             self._clean_up(timestamp)
 

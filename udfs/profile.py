@@ -299,6 +299,33 @@ def on_window_end(state: ProfileState, rules: ProfileRules, end: int,
     return prune(state, rules, end), write
 
 
+def catch_up(state: ProfileState, rules: ProfileRules, first_end: int, watermark: int,
+             ) -> tuple[ProfileState, ProfileWrite | None, int | None]:
+    """Event time jumped to ``watermark``: handle every due window end from ``first_end``
+    up to it in one go, as ``on_window_end`` one by one would, but return one write — the
+    newest window of each family, the lifetime figures and segments as of the last end —
+    and the next end to wait for (> ``watermark``), or None.
+
+    One jump of the watermark (a pause, a batch, a restart) then costs one timer and one
+    Redis write per user instead of a chain of timers that advances one end per
+    watermark; the windows in between would be overwritten at once anyway.
+    """
+    newest: dict[str, WindowFigures] = {}
+    last: ProfileWrite | None = None
+    end: int | None = first_end
+    while end is not None and end <= watermark:
+        state, write = on_window_end(state, rules, end)
+        if write is not None:
+            newest.update(write.windows)
+            last = write
+        end = next_timer(state, rules, after=end)
+    if last is None:
+        return state, None, end
+    windows = tuple((spec.suffix, newest[spec.suffix]) for spec in rules.families
+                    if spec.suffix in newest)
+    return state, replace(last, windows=windows), end
+
+
 def on_cart_abandoned(state: ProfileState, fired_at: int) -> ProfileState:
     """A ``cart_abandoned`` notification was emitted for the user."""
     if state.last_cart_abandoned is not None and state.last_cart_abandoned >= fired_at:

@@ -204,9 +204,8 @@ def test_erasure_and_withdrawal_in_the_profiles_job(
             ev("b", 22, "page_view", 3)])
         wait_for(lambda: ops.consumer_lag(bootstrap, group, topics["events"]) == 0, 60,
                  "a's new events to be read")
-        # Then event time moves on a minute at a time, as live traffic does: the profile
-        # function's window timers are chained (each registers the next), and one jump
-        # of the watermark fires only the first of them (docs/performance.md).
+        # Then event time moves on a minute at a time, as live traffic does, until a's
+        # last window (its 0s, ending at 34 min) is written.
         minute = iter(range(40, 400))
 
         def a_rewritten() -> bool:

@@ -9,6 +9,7 @@ from udfs.profile import (
     Slice,
     WindowSpec,
     add_slice,
+    catch_up,
     next_timer,
     on_cart_abandoned,
     on_window_end,
@@ -144,3 +145,52 @@ def test_state_round_trips() -> None:
     state = on_cart_abandoned(state_of(sl(0, 2, views=((1, "a"),)), sl(3)), T0)
     state, _ = on_window_end(state, RULES, T0 + 5 * M)
     assert ProfileState.from_state(state.to_state()) == state
+
+
+def _one_by_one(state: ProfileState, first: int, until: int
+                ) -> tuple[ProfileState, dict[str, int], int | None]:
+    """on_window_end for each due end up to `until`: (state, newest end per family, next)"""
+    newest: dict[str, int] = {}
+    timer: int | None = first
+    while timer is not None and timer <= until:
+        state, write = on_window_end(state, RULES, timer)
+        if write is not None:
+            newest.update((suffix, f.end) for suffix, f in write.windows)
+        timer = next_timer(state, RULES, after=timer)
+    return state, newest, timer
+
+
+# activity in minutes 0 and 3; the watermark jumps from 0:00 to 0:37 in one step:
+#   one write with the 10m window ending 0:14 (the 0s after the last event at 3: written
+#   once) and the 1h window ending 0:35 (still holds both slices); next end 0:40 (1h).
+def test_a_watermark_jump_is_caught_up_in_one_write() -> None:
+    state = state_of(sl(0, 2, views=((1, "a"),)), sl(3, 1))
+    first = next_timer(state, RULES, after=T0)
+    assert first == T0 + M
+    caught, write, following = catch_up(state, RULES, first, T0 + 37 * M)
+    assert write is not None
+    figures = dict(write.windows)
+    assert (figures["10m"].end, figures["10m"].views) == (T0 + 14 * M, 0)
+    assert (figures["1h"].end, figures["1h"].views, figures["1h"].top_category) == (
+        T0 + 35 * M, 3, "a")
+    assert following == T0 + 40 * M
+    assert write.lifetime["events_total"] == "3"
+    # the same outcome as the chain of single ends, which it replaces
+    stepped, newest, timer = _one_by_one(state, first, T0 + 37 * M)
+    assert newest == {"10m": T0 + 14 * M, "1h": T0 + 35 * M}
+    assert (caught, following) == (stepped, timer)
+
+
+def test_catch_up_past_everything_leaves_zeros_and_no_timer() -> None:
+    state = state_of(sl(0, 5))
+    caught, write, following = catch_up(state, RULES, T0 + M, T0 + 5 * H)
+    assert write is not None and following is None
+    assert {s: (f.end, f.views) for s, f in write.windows} == {
+        "10m": (T0 + 11 * M, 0), "1h": (T0 + 65 * M, 0)}
+    assert caught.slices == ()
+
+
+def test_catch_up_below_the_first_end_does_nothing() -> None:
+    state = state_of(sl(0, 1))
+    caught, write, following = catch_up(state, RULES, T0 + M, T0 + M - 1)
+    assert (caught, write, following) == (state, None, T0 + M)
