@@ -99,8 +99,13 @@ def test_cluster_overlay_checkpoints_for_production() -> None:
     from jobs.runtime import checkpoint_options
 
     options = checkpoint_options(load_settings("cluster", {}).flink)
-    assert options["state.backend.type"] == "rocksdb"
-    assert options["execution.checkpointing.incremental"] == "true"
+    assert options["state.backend.type"] == "hashmap"
+    assert options["execution.checkpointing.incremental"] == "false"
+    large = checkpoint_options(load_settings("cluster", {
+        "NUDGE_FLINK__STATE_BACKEND": "rocksdb",
+        "NUDGE_FLINK__INCREMENTAL_CHECKPOINTS": "true"}).flink)
+    assert large["state.backend.type"] == "rocksdb"
+    assert large["execution.checkpointing.incremental"] == "true"
     assert options["execution.checkpointing.externalized-checkpoint-retention"] == \
         "RETAIN_ON_CANCELLATION"
     assert options["restart-strategy.type"] == "exponential-delay"
