@@ -17,10 +17,8 @@ session flags go ``privacy.state_idle_ms`` after their last activity; stated con
 after ``privacy.consent_retention_ms``; a tombstone after ``privacy.erasure_tombstone_ms``.
 
 Everything that decides whether a notification goes out — consent changes, session
-starts, candidate firings — takes effect in event-time order when the watermark passes
-it (consent first, then session starts, then firings at equal ts): consent and firings
-are queued by their ts with a timer; session starts, a tenth of all events, are only
-noted in the high-intent state and take effect before the next candidate (no timer). So
+starts, candidate firings — is queued by its event time and applied in ts order when the
+watermark passes it (consent first, then session starts, then firings at equal ts). So
 the cap and consent decisions do not depend on which upstream operator was faster, and
 a replay gives the same notifications with the same ids.
 """
@@ -122,20 +120,11 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
 
     def _erase(self, ts: int, ctx: Any) -> None:
         """An erasure request made at `ts`: clear everything now, keep a tombstone."""
-        from udfs import gate, high_intent
-
         self.erasures.inc()
         self.cart_state.clear()
+        self.gate_state.clear()
         # Only what the new user (from ts on) said may stay: consent and session starts.
         # Every queued firing was built from earlier events.
-        raw = self.gate_state.value()
-        starts = () if raw is None else tuple(
-            t for t in high_intent.HighIntentState.from_state(raw[1]).upcoming if t >= ts)
-        if starts:
-            user = high_intent.HighIntentState(ctx.get_current_key(), upcoming=starts)
-            self.gate_state.update((gate.GateState().to_state(), user.to_state()))
-        else:
-            self.gate_state.clear()
         pending = {at: kept for at, items in (self.pending.value() or {}).items() if at >= ts
                    if (kept := [i for i in items if i[0] in (CONSENT, SESSION_START)])}
         if pending:
@@ -162,41 +151,13 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
             self.cart_state.update(cart.to_state())
         if deadline is not None:
             ctx.timer_service().register_event_time_timer(deadline)
-        elif not cart.is_clearable:  # kept, with nothing pending: come back to clean up
+        if not cart.is_clearable:
             ctx.timer_service().register_event_time_timer(
                 idle_timer(ts, self.privacy.state_idle_ms))
         if row[MARKETING] is not None or row[PERSONALIZATION] is not None:
             self._queue(ctx, ts, (CONSENT, 0, (row[MARKETING], row[PERSONALIZATION])))
         if row[NEW_SESSION]:
-            self._note_session_start(row[USER_ID], ts, ctx)
-
-    def _gate(self, user_id: str) -> tuple[Any, Any, bool]:
-        """(cap and consent state, high-intent state, whether they are new) of the user."""
-        from udfs import gate, high_intent
-
-        raw = self.gate_state.value()
-        if raw is None:
-            return gate.GateState(), high_intent.HighIntentState(user_id), True
-        return (gate.GateState.from_state(raw[0]),
-                high_intent.HighIntentState.from_state(raw[1]), False)
-
-    def _note_session_start(self, user_id: str, ts: int, ctx: Any) -> None:
-        """Keep a session start in the high-intent state until event time reaches it
-        (udfs.high_intent.note_session_start): one cached state update, no timer."""
-        from udfs import high_intent
-        from udfs.privacy import idle_timer
-
-        timers = ctx.timer_service()
-        watermark = timers.current_watermark()
-        now = None if watermark is None or watermark < 0 else watermark
-        gate_state, hi_state, new = self._gate(user_id)
-        hi_state = high_intent.note_session_start(hi_state, ts, now)
-        if gate_state.is_clearable and hi_state.is_clearable:
-            self.gate_state.clear()
-            return
-        self.gate_state.update((gate_state.to_state(), hi_state.to_state()))
-        if new:  # a new state needs its clean-up timer; an existing one has one
-            timers.register_event_time_timer(idle_timer(ts, self.privacy.state_idle_ms))
+            self._queue(ctx, ts, (SESSION_START, 0, None))
 
     def _on_browse(self, row: Any, ctx: Any) -> None:
         from udfs.browse import SessionSummary, evaluate_browse
@@ -220,7 +181,7 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
 
     def on_timer(self, timestamp: int, ctx: Any) -> Any:
         from udfs.cart import CartState, on_timer
-        from udfs.privacy import IDLE_TIMER_GRANULARITY_MS, idle_timer
+        from udfs.privacy import IDLE_TIMER_GRANULARITY_MS
 
         if timestamp % IDLE_TIMER_GRANULARITY_MS == 0:
             self._clean_up(timestamp, ctx)
@@ -233,10 +194,8 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
                 items = [*items, *((FIRING, 0, f.to_state()) for f in fired)]
                 if cart.is_clearable:
                     self.cart_state.clear()
-                else:  # the cart stays, with nothing pending: its clean-up timer
+                else:
                     self.cart_state.update(cart.to_state())
-                    ctx.timer_service().register_event_time_timer(idle_timer(
-                        cart.last_activity_ts or timestamp, self.privacy.state_idle_ms))
         if not items:
             return
         if pending:
@@ -266,13 +225,13 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         if raw is None:
             return
         gate_state = gate.prune(gate.GateState.from_state(raw[0]), now, self.rules)
-        hi_state = high_intent.advance(high_intent.HighIntentState.from_state(raw[1]), now)
+        hi_state = high_intent.HighIntentState.from_state(raw[1])
         if hi_state.fired and (hi_state.session_start or 0) + privacy.state_idle_ms <= now:
             hi_state = high_intent.HighIntentState(hi_state.user_id)
         if gate_state.consent_ts is not None and \
                 gate_state.consent_ts + privacy.consent_retention_ms <= now:
             gate_state = gate.GateState(last_emitted=gate_state.last_emitted)
-        if gate_state.is_clearable and hi_state.is_clearable:
+        if gate_state.is_clearable and not hi_state.fired:
             self.gate_state.clear()
             self.cleared_idle.inc()
             return
@@ -280,9 +239,6 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         if gate_state.consent_ts is not None:  # kept for its retention: come back then
             ctx.timer_service().register_event_time_timer(
                 idle_timer(gate_state.consent_ts, privacy.consent_retention_ms))
-        if hi_state.upcoming:  # a session start still ahead: come back after it
-            ctx.timer_service().register_event_time_timer(
-                idle_timer(hi_state.upcoming[-1], privacy.state_idle_ms))
 
     def _apply(self, user_id: str, ts: int, items: list[tuple[int, int, Any]],
                ctx: Any) -> Any:
@@ -291,14 +247,18 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         from udfs.notifications import Firing
         from udfs.privacy import idle_timer
 
-        gate_state, hi_state, _ = self._gate(user_id)
-        hi_state = high_intent.advance(hi_state, ts)  # session starts up to ts come first
+        raw = self.gate_state.value()
+        if raw is None:
+            gate_state, hi_state = gate.GateState(), high_intent.HighIntentState(user_id)
+        else:
+            gate_state = gate.GateState.from_state(raw[0])
+            hi_state = high_intent.HighIntentState.from_state(raw[1])
         for rank, _, payload in items:
             firing = None
             if rank == CONSENT:
                 marketing, personalization = payload
                 gate_state = gate.on_consent(gate_state, ts, marketing, personalization)
-            elif rank == SESSION_START:  # queued by an older version (savepoints)
+            elif rank == SESSION_START:
                 hi_state = high_intent.on_session_start(hi_state, ts)
             elif rank == HIGH_INTENT_MATCH:
                 search_ts, query, product_id = payload
@@ -318,7 +278,7 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
             else:
                 self.suppressed_consent.inc()
         gate_state = gate.prune(gate_state, ts, self.rules)
-        if gate_state.is_clearable and hi_state.is_clearable:
+        if gate_state.is_clearable and not hi_state.fired:
             self.gate_state.clear()
         else:
             self.gate_state.update((gate_state.to_state(), hi_state.to_state()))

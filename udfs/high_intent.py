@@ -23,13 +23,10 @@ Two ways in, sharing one ``HighIntentState``:
 * ``on_event`` over every event of the user (the reference, and the tests), which cuts
   sessions itself;
 * for a Flink SQL ``MATCH_RECOGNIZE`` that already found ``(search, view, add_to_cart)``
-  candidates: ``on_candidate`` for each match, in ts order, and the session starts
-  (each session's first event) as they arrive. A session start may arrive before a
-  candidate of an earlier session, so it is not applied on arrival: ``note_session_start``
-  keeps it in ``upcoming`` and ``advance`` applies it once event time reaches it (before
-  a candidate of equal ts). No timer per session start is needed: the adapter calls
-  ``advance`` before each candidate and whenever the watermark is known to have passed.
-  Only the once-per-session rule is left for Python there.
+  candidates: ``on_session_start`` for each session's first event (e.g. a second
+  ``MATCH_RECOGNIZE`` on consecutive events with a gap ``>= session_gap``) and
+  ``on_candidate`` for each match, applied together in ts order (a session start before
+  a candidate of equal ts). Only the once-per-session rule is left for Python there.
 
     .venv/bin/python -m pytest tests/unit/test_high_intent.py -q
 """
@@ -56,8 +53,7 @@ class HighIntentState:
     """One user's high-intent progress within the current session.
 
     ``search`` is the latest search of the session; ``armed`` the latest search that a
-    product_view has followed; ``fired`` whether high_intent already fired this session;
-    ``upcoming`` the session starts noted but not yet reached by event time (sorted).
+    product_view has followed; ``fired`` whether high_intent already fired this session.
     """
 
     user_id: str
@@ -66,12 +62,6 @@ class HighIntentState:
     search: Search | None = None
     armed: Search | None = None
     fired: bool = False
-    upcoming: tuple[int, ...] = ()
-
-    @property
-    def is_clearable(self) -> bool:
-        """Nothing here that a later candidate depends on."""
-        return not self.fired and not self.upcoming
 
     def to_state(self) -> dict[str, Any]:
         """Primitives only, for a PyFlink ``ValueState``."""
@@ -79,7 +69,7 @@ class HighIntentState:
                 "session_start": self.session_start,
                 "search": None if self.search is None else list(self.search),
                 "armed": None if self.armed is None else list(self.armed),
-                "fired": self.fired, "upcoming": list(self.upcoming)}
+                "fired": self.fired}
 
     @classmethod
     def from_state(cls, data: dict[str, Any]) -> HighIntentState:
@@ -87,8 +77,7 @@ class HighIntentState:
         return cls(user_id=data["user_id"], last_ts=data.get("last_ts"),
                    session_start=data.get("session_start"),
                    search=_search(data.get("search")), armed=_search(data.get("armed")),
-                   fired=bool(data.get("fired", False)),
-                   upcoming=tuple(int(t) for t in data.get("upcoming", ())))
+                   fired=bool(data.get("fired", False)))
 
 
 def on_event(
@@ -121,26 +110,6 @@ def on_event(
 def on_session_start(state: HighIntentState, ts: int) -> HighIntentState:
     """A new session begins at ``ts``: forget searches and allow one firing again."""
     return replace(state, session_start=ts, search=None, armed=None, fired=False)
-
-
-def note_session_start(state: HighIntentState, ts: int, now: int | None,
-                       ) -> HighIntentState:
-    """A session begins at ``ts``; event time (the watermark) is at ``now`` (None: not
-    known yet). Kept in ``upcoming`` until event time reaches it."""
-    if ts not in state.upcoming:
-        state = replace(state, upcoming=tuple(sorted((*state.upcoming, ts))))
-    return state if now is None else advance(state, now)
-
-
-def advance(state: HighIntentState, now: int) -> HighIntentState:
-    """Event time reached ``now``: the latest noted session start at or before it begins
-    the current session (the ones between had no candidate, or it would have come
-    first)."""
-    if not state.upcoming or state.upcoming[0] > now:
-        return state
-    due = [t for t in state.upcoming if t <= now]
-    state = replace(state, upcoming=tuple(t for t in state.upcoming if t > now))
-    return on_session_start(state, due[-1])
 
 
 def on_candidate(

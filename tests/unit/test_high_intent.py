@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import pickle
 import random
-from dataclasses import replace
 
 from tests.unit.watermark import released_in_ts_order
 from udfs.high_intent import (
     HighIntentState,
-    advance,
     high_intent_firings,
-    note_session_start,
     on_candidate,
     on_event,
     on_session_start,
@@ -178,30 +175,3 @@ def test_shuffled_within_lateness_gives_the_same_firings_as_sorted() -> None:
         assert high_intent_firings("u1", sorted(arrivals, key=lambda e: e[1]), RULES) == expected
         assert high_intent_firings("u1", released_in_ts_order(arrivals, delay), RULES) == expected
     assert total > 20
-
-
-# The Flink path: session starts noted as they arrive, candidates applied in ts order.
-#   session 1 starts at 0, its candidate (add at 5) fires; session 2 starts at 40 and
-#   arrives *before* session 1's second candidate (add at 8), which must not fire; then
-#   session 2's candidate (add at 45) fires.
-def test_session_starts_noted_early_take_effect_at_their_time() -> None:
-    state = note_session_start(HighIntentState("u"), at(0), now=None)
-    state = note_session_start(state, at(40), now=None)  # arrives early
-    state = advance(state, at(5))
-    state, first = on_candidate(state, at(1), at(5), "q", "p1", RULES)
-    state = advance(state, at(8))
-    state, again = on_candidate(state, at(2), at(8), "q", "p2", RULES)
-    state = advance(state, at(45))
-    state, second = on_candidate(state, at(41), at(45), "q", "p3", RULES)
-    assert first is not None and again is None and second is not None
-    assert (state.session_start, state.upcoming) == (at(40), ())
-
-
-def test_a_noted_start_behind_the_watermark_applies_at_once() -> None:
-    fired = replace(HighIntentState("u", session_start=at(0)), fired=True)
-    state = note_session_start(fired, at(40), now=at(41))
-    assert (state.fired, state.session_start, state.upcoming) == (False, at(40), ())
-    ahead = note_session_start(fired, at(40), now=at(39))
-    assert (ahead.fired, ahead.upcoming) == (True, (at(40),))
-    assert not ahead.is_clearable and advance(ahead, at(40)).is_clearable
-    assert HighIntentState.from_state(ahead.to_state()) == ahead
