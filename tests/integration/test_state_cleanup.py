@@ -38,6 +38,8 @@ SHORT_HORIZONS = {
     "NUDGE_FLINK__STATE_BACKEND": "hashmap",
     "NUDGE_FLINK__INCREMENTAL_CHECKPOINTS": "false",
 }
+# The jobs' watermark trails the highest ts by the watermark delay + allowed lateness.
+WATERMARK_LAG_MS = 10_000 + 60_000
 # The keyed Python function of each job, by the start of its vertex name.
 KEYED = {"triggers": "triggers: cart", "profiles": "profiles: windows"}
 
@@ -62,25 +64,27 @@ def hour_of_users(t0: int, hour: int) -> list[dict]:
     return sorted(events, key=lambda e: e["ts"])
 
 
+def keyed_vertex(job_id: str, vertex_prefix: str) -> str:
+    """The id of the job's vertex whose name starts with `vertex_prefix`."""
+    return next(v["id"] for v in ops.rest(f"/jobs/{job_id}")["vertices"]
+                if v["name"].startswith(vertex_prefix))
+
+
 def keyed_state_size(job_id: str, vertex_prefix: str) -> tuple[int, int]:
     """(checkpoint id, checkpointed state size in bytes) of the vertex named so, from
     the newest completed checkpoint."""
-    vertex = next(v["id"] for v in ops.rest(f"/jobs/{job_id}")["vertices"]
-                  if v["name"].startswith(vertex_prefix))
+    vertex = keyed_vertex(job_id, vertex_prefix)
     latest = ops.rest(f"/jobs/{job_id}/checkpoints")["latest"]["completed"]
     detail = ops.rest(f"/jobs/{job_id}/checkpoints/details/{latest['id']}")
     return int(latest["id"]), int(detail["tasks"][vertex]["state_size"])
 
 
 def keyed_watermark(job_id: str, vertex_prefix: str) -> int:
-    vertex = next(v["id"] for v in ops.rest(f"/jobs/{job_id}")["vertices"]
-                  if v["name"].startswith(vertex_prefix))
-    return ops.min_watermark(job_id, vertex) or 0
+    return ops.min_watermark(job_id, keyed_vertex(job_id, vertex_prefix)) or 0
 
 
 def emitted(job_id: str, trigger: str) -> int:
-    vertex = next(v["id"] for v in ops.rest(f"/jobs/{job_id}")["vertices"]
-                  if v["name"].startswith(KEYED["triggers"]))
+    vertex = keyed_vertex(job_id, KEYED["triggers"])
     return int(ops.custom_metrics(job_id, vertex).get(f"emitted_{trigger}", 0))
 
 
@@ -110,7 +114,7 @@ def run_phase(ids: dict[str, str], env: dict[str, str], bootstrap: str, t0: int,
     if "profiles" in ids:
         last_filler = t0 + hours[-1] * H + 50 * M
         wait_for(lambda: keyed_watermark(ids["triggers"], KEYED["triggers"])
-                 >= last_filler - 70_000, 240, "the triggers job's last deadlines")
+                 >= last_filler - WATERMARK_LAG_MS, 240, "the triggers job's last deadlines")
         wait_for(lambda: notifications_read(ids["profiles"])
                  >= emitted(ids["triggers"], "cart_abandoned") > 0,
                  240, "profiles to read the triggers job's cart_abandoned notifications")
@@ -119,7 +123,7 @@ def run_phase(ids: dict[str, str], env: dict[str, str], bootstrap: str, t0: int,
         {"event_id": f"tick-{hours[-1]}-{p}", "event_type": "page_view",
          "user_id": f"u-fill-{p}", "ts": end, "_partition": p}
         for p in range(CLUSTER_PARTITIONS)])
-    watermark = end - 70_000  # the jobs' watermark: highest ts − (10 s + 60 s lateness)
+    watermark = end - WATERMARK_LAG_MS
     for job in ids:
         wait_for(lambda job=job: keyed_watermark(ids[job], KEYED[job]) >= watermark, 240,
                  lambda job=job: f"{job}'s event time to reach {watermark} (at "
@@ -143,6 +147,5 @@ def test_keyed_state_stays_flat_while_users_come_and_go(
         assert first[job] > 20_000, f"{job}: too little state to measure ({first[job]} B)"
         assert second[job] <= first[job] * 1.25, \
             f"{job}: keyed state grew from {first[job]} to {second[job]} bytes"
-        vertex = next(v["id"] for v in ops.rest(f"/jobs/{ids[job]}")["vertices"]
-                      if v["name"].startswith(KEYED[job]))
+        vertex = keyed_vertex(ids[job], KEYED[job])
         assert ops.custom_metrics(ids[job], vertex).get("cleared_idle", 0) > 0
