@@ -82,9 +82,20 @@ def compare(case: str, injected: str, expected: set[Firing], records: list) -> N
     duplicated = len(got) - len(set(got))
     print(f"\n[{case}] injected: {injected}\n[{case}] expected {len(expected)}, got "
           f"{len(got)}, missing {len(missing)}, duplicated {duplicated}, extra {len(extra)}")
+    if missing:
+        print(f"[{case}] missing by trigger: {missing_by_trigger(missing)}")
     assert not missing, f"missing {sorted(missing)[:5]}"
     assert not extra, f"unexpected {sorted(extra)[:5]}"
     assert duplicated == 0
+
+
+def missing_by_trigger(missing: set[Firing]) -> dict[str, str]:
+    """Per trigger: how many are missing and from which copies of the trace (the copy
+    number is the user id's suffix), e.g. {'cart_abandoned': '48 of copies 12-23'}."""
+    copies: dict[str, list[int]] = {}
+    for trigger, user, _ in missing:
+        copies.setdefault(trigger, []).append(int(user.rsplit("-", 1)[1]))
+    return {t: f"{len(ks)} of copies {min(ks)}-{max(ks)}" for t, ks in sorted(copies.items())}
 
 
 def run_case(stack_info: dict[str, str], env: dict[str, str], case: str,
