@@ -114,6 +114,12 @@ KAFKA_MS = "(EXTRACT(EPOCH FROM kafka_ts) * 1000 + EXTRACT(MILLISECOND FROM kafk
 JSON_TS = "TRY_CAST(JSON_VALUE(CAST(`v` AS STRING), '$.ts') AS BIGINT)"
 
 
+def watermark_lag_ms(settings: Settings) -> int:
+    """How far the watermark trails the highest event time: the watermark delay plus the
+    allowed lateness (see the module docstring)."""
+    return settings.events.watermark_delay_ms + settings.events.allowed_lateness_ms
+
+
 def create_raw_source(t_env: Any, settings: Settings, name: str, topic: str,
                       group_id: str, bounded: bool = False,
                       startup: str = "group-offsets") -> None:
@@ -131,7 +137,7 @@ def create_raw_source(t_env: Any, settings: Settings, name: str, topic: str,
     record timestamp (Avro records, ISO-8601 `ts`). They trail the highest time seen by
     the watermark delay plus the allowed lateness; see the module docstring.
     """
-    delay_ms = settings.events.watermark_delay_ms + settings.events.allowed_lateness_ms
+    delay_ms = watermark_lag_ms(settings)
     max_future = settings.events.max_future_ms
     # Bounded: stop at the offsets that are the latest at start-up (tests, benchmarks).
     bounded_option = "\n          'scan.bounded.mode' = 'latest-offset'," if bounded else ""

@@ -22,6 +22,8 @@ from tests.integration.kafka_io import send_events
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from config.settings import load_settings  # noqa: E402
+from jobs.source import watermark_lag_ms  # noqa: E402
 from scripts import ops  # noqa: E402
 
 M = 60_000
@@ -38,8 +40,8 @@ SHORT_HORIZONS = {
     "NUDGE_FLINK__STATE_BACKEND": "hashmap",
     "NUDGE_FLINK__INCREMENTAL_CHECKPOINTS": "false",
 }
-# The jobs' watermark trails the highest ts by the watermark delay + allowed lateness.
-WATERMARK_LAG_MS = 10_000 + 60_000
+# How far the jobs' watermark trails the highest ts (the cluster settings they run with).
+WATERMARK_LAG_MS = watermark_lag_ms(load_settings("cluster", {}))
 # The keyed Python function of each job, by the start of its vertex name.
 KEYED = {"triggers": "triggers: cart", "profiles": "profiles: windows"}
 
