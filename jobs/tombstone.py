@@ -1,7 +1,7 @@
 """The erasure tombstone both keyed functions keep (rules in udfs/privacy.py): the ts of
-the user's last erasure, in a keyed ``ValueState`` named ``erased``, for
-``privacy.erasure_tombstone_ms``, so that rows from before the erasure that are still on
-their way are dropped when they arrive."""
+the user's last erasure, in a field of the function's keyed record
+(``jobs.keyed_record``), for ``privacy.erasure_tombstone_ms``, so that rows from before
+the erasure that are still on their way are dropped when they arrive."""
 
 from __future__ import annotations
 
@@ -9,13 +9,11 @@ from typing import Any
 
 
 class Tombstone:
-    """One keyed function's erasure tombstone; create it in ``open``."""
+    """One keyed function's erasure tombstone, kept in `state` (anything used like a
+    ``ValueState``: a ``jobs.keyed_record.Field``); create it in ``open``."""
 
-    def __init__(self, runtime_context: Any, horizon_ms: int) -> None:
-        from pyflink.common import Types
-        from pyflink.datastream.state import ValueStateDescriptor
-
-        self.state = runtime_context.get_state(ValueStateDescriptor("erased", Types.LONG()))
+    def __init__(self, state: Any, horizon_ms: int) -> None:
+        self.state = state
         self.horizon_ms = horizon_ms
 
     def covers(self, begins: int | None) -> bool:
