@@ -115,7 +115,7 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
                                   (row[AUX], query, row[PRODUCT_ID])))
         elif kind == "consent":
             self._queue(ctx, ts, (CONSENT, 0, (row[MARKETING], row[PERSONALIZATION])))
-        yield from ()
+        yield from ()  # a generator, for KeyedRecord.around; signals emit nothing
 
     def _erase(self, ts: int, ctx: Any) -> None:
         """An erasure request made at `ts`: clear everything now, keep a tombstone."""
