@@ -2,24 +2,28 @@
 
 ``TriggerFunction`` is keyed by user and receives the "signals" of ``jobs.triggers``:
 
-* ``event`` rows — the user's cart activity, stated consent and session starts, already
-  in ts order (the SQL OVER window sorts them). Cart activity drives the cart state
-  (``udfs.cart``) at once, with an event-time timer at its deadline.
+* ``cart`` rows — a finished session of the user's cart activity with its events; folded
+  into the cart (``udfs.cart.fold_session``) when event time reaches the session's end.
+* ``deadline`` rows — a cart deadline with no cart activity before it; checked when
+  event time reaches it (``udfs.cart.advance_to``). Python registers no timer per cart
+  event: SQL's session windows say when nothing happened (udfs/cart.py, "Cart activity
+  in sessions").
 * ``browse`` rows — finished sessions (``udfs.browse.evaluate_browse``).
-* ``high_intent`` rows — matched search → view → add_to_cart (``udfs.high_intent``).
-* ``consent`` and ``erasure`` rows — requests from the privacy topic (``udfs.privacy``).
-  A consent change is queued like an event's consent. An erasure is applied the moment
-  it arrives: all of the user's state goes, a tombstone keeps its ts so that rows from
-  before it that are still on their way are dropped, and the user starts afresh.
+* ``high_intent`` rows — matched search → view → add_to_cart with the start of their
+  session (``udfs.high_intent.on_match``).
+* ``consent`` rows — consent stated on an event or on the privacy topic (``udfs.gate``).
+* ``erasure`` rows — requests from the privacy topic (``udfs.privacy``). An erasure is
+  applied the moment it arrives: all of the user's state goes, a tombstone keeps its ts
+  so that rows from before it that are still on their way are dropped, and the user
+  starts afresh.
 
 State is cleaned up by timers (``udfs.privacy.idle_timer``): a user's cart, caps and
 session flags go ``privacy.state_idle_ms`` after their last activity; stated consent
 after ``privacy.consent_retention_ms``; a tombstone after ``privacy.erasure_tombstone_ms``.
 
-Everything that decides whether a notification goes out — consent changes, session
-starts, candidate firings — is queued by its event time and applied in ts order when the
-watermark passes it (consent first, then session starts, then firings at equal ts). So
-the cap and consent decisions do not depend on which upstream operator was faster, and
+Everything is queued by its event time and applied in ts order when the watermark passes
+it (at equal ts: consent, cart sessions, deadlines, firings, high-intent matches). So the
+cart, cap and consent decisions do not depend on which upstream operator was faster, and
 a replay gives the same notifications with the same ids.
 """
 
@@ -37,14 +41,13 @@ from jobs.source import positions
 from jobs.tombstone import Tombstone
 from jobs.triggers import SIGNAL_COLUMNS
 
-USER_ID, KIND, TS, EVENT_TYPE, PRODUCT_ID, QUANTITY, PRICE, CURRENCY, NEW_SESSION, \
-    MARKETING, PERSONALIZATION, AUX, QUERY, VIEWS = positions(
-        SIGNAL_COLUMNS, "user_id", "kind", "ts", "event_type", "product_id", "quantity",
-        "price", "currency", "new_session", "consent_marketing",
-        "consent_personalization", "aux", "query", "views")
+USER_ID, KIND, TS, AUX, SESSION_START, PRODUCT_ID, QUERY, MARKETING, PERSONALIZATION, \
+    ITEMS = positions(SIGNAL_COLUMNS, "user_id", "kind", "ts", "aux", "session_start",
+                      "product_id", "query", "consent_marketing", "consent_personalization",
+                      "items")
 
 # Queued items, applied in this order at equal ts: (rank, ts, tiebreak, item)
-CONSENT, SESSION_START, FIRING, HIGH_INTENT_MATCH = 0, 1, 2, 3
+CONSENT, CART_SESSION, CART_DEADLINE, FIRING, HIGH_INTENT_MATCH = 0, 1, 2, 3, 4
 
 
 class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
@@ -100,19 +103,22 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         if kind == "erasure":
             self._erase(ts, ctx)
             return
+        if kind == "cart":
+            self._on_cart_session(row, ctx)
+            return
         # where the row's data begins: a session's start, a match's search
         begins = row[AUX] if kind == "high_intent" else ts
         if self.tombstone.covers(begins):
             self.dropped_erased.inc()
             return
-        if kind == "event":
-            self._on_event(row, ctx)
+        if kind == "deadline":
+            self._queue(ctx, row[AUX], (CART_DEADLINE, 0, None))
         elif kind == "browse":
             self._on_browse(row, ctx)
         elif kind == "high_intent":
             query = minimize_query(row[QUERY], self.privacy.max_query_chars)
             self._queue(ctx, ts, (HIGH_INTENT_MATCH, -row[AUX],
-                                  (row[AUX], query, row[PRODUCT_ID])))
+                                  (row[SESSION_START], row[AUX], query, row[PRODUCT_ID])))
         elif kind == "consent":
             self._queue(ctx, ts, (CONSENT, 0, (row[MARKETING], row[PERSONALIZATION])))
         yield from ()  # a generator, for KeyedRecord.around; signals emit nothing
@@ -122,46 +128,40 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         self.erasures.inc()
         self.cart_state.clear()
         self.gate_state.clear()
-        # Only what the new user (from ts on) said may stay: consent and session starts.
-        # Every queued firing was built from earlier events.
-        pending = {at: kept for at, items in (self.pending.value() or {}).items() if at >= ts
-                   if (kept := [i for i in items if i[0] in (CONSENT, SESSION_START)])}
+        # Only what the new user (from ts on) did may stay: consent, cart events and
+        # deadlines (checked against the cart when due). Queued firings and matches
+        # were built from earlier events.
+        pending = {}
+        for at, items in (self.pending.value() or {}).items():
+            if at < ts:
+                continue
+            kept = [_events_from(item, ts) if item[0] == CART_SESSION else item
+                    for item in items if item[0] in (CONSENT, CART_SESSION, CART_DEADLINE)]
+            if kept := [item for item in kept if item is not None]:
+                pending[at] = kept
         if pending:
             self.pending.update(pending)
         else:
             self.pending.clear()
         self.tombstone.set(ts, ctx.timer_service())
 
-    def _on_event(self, row: Any, ctx: Any) -> None:
-        from udfs.cart import CartState, on_cart_event
-        from udfs.privacy import idle_timer
+    def _on_cart_session(self, row: Any, ctx: Any) -> None:
+        """Queue a session's cart events (those after any erasure) for its end."""
+        from udfs.cart import fold_gap
 
-        ts = row[TS]
-        raw = self.cart_state.value()
-        cart = CartState.from_state(raw) if raw is not None else CartState(row[USER_ID])
-        cart, fired, deadline = on_cart_event(
-            cart, row[EVENT_TYPE], ts, row[PRODUCT_ID], row[QUANTITY], row[PRICE],
-            row[CURRENCY], self.rules)
-        for firing in fired:
-            self._queue_firing(ctx, firing)
-        if cart.is_clearable:
-            self.cart_state.clear()
-        else:
-            self.cart_state.update(cart.to_state())
-        if deadline is not None:
-            ctx.timer_service().register_event_time_timer(deadline)
-        if not cart.is_clearable:
-            ctx.timer_service().register_event_time_timer(
-                idle_timer(ts, self.privacy.state_idle_ms))
-        if row[MARKETING] is not None or row[PERSONALIZATION] is not None:
-            self._queue(ctx, ts, (CONSENT, 0, (row[MARKETING], row[PERSONALIZATION])))
-        if row[NEW_SESSION]:
-            self._queue(ctx, ts, (SESSION_START, 0, None))
+        events = [(int(at), kind, product, None if qty is None else int(qty),
+                   None if price is None else float(price), currency)
+                  for at, kind, product, qty, price, currency in json.loads(row[ITEMS])]
+        kept = [e for e in events if not self.tombstone.covers(e[0])]
+        if len(kept) < len(events):
+            self.dropped_erased.inc(len(events) - len(kept))
+        if kept:
+            self._queue(ctx, row[TS] + fold_gap(self.rules), (CART_SESSION, 0, kept))
 
     def _on_browse(self, row: Any, ctx: Any) -> None:
         from udfs.browse import SessionSummary, evaluate_browse
 
-        views = [(int(v[0]), v[1], v[2]) for v in json.loads(row[VIEWS] or "[]")]
+        views = [(int(v[0]), v[1], v[2]) for v in json.loads(row[ITEMS] or "[]")]
         summary = SessionSummary(row[USER_ID], row[TS], row[AUX], False, views)
         firing = evaluate_browse(summary, self.rules)
         if firing is not None:
@@ -182,22 +182,12 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         return self.record.around(self._on_time(timestamp, ctx))
 
     def _on_time(self, timestamp: int, ctx: Any) -> Any:
-        from udfs.cart import CartState, on_timer
         from udfs.privacy import IDLE_TIMER_GRANULARITY_MS
 
         if timestamp % IDLE_TIMER_GRANULARITY_MS == 0:
             self._clean_up(timestamp, ctx)
         pending = self.pending.value() or {}
         items = pending.pop(timestamp, [])
-        raw = self.cart_state.value()
-        if raw is not None:
-            cart, fired = on_timer(CartState.from_state(raw), timestamp, self.rules)
-            if fired:
-                items = [*items, *((FIRING, 0, f.to_state()) for f in fired)]
-                if cart.is_clearable:
-                    self.cart_state.clear()
-                else:
-                    self.cart_state.update(cart.to_state())
         if not items:
             return
         if pending:
@@ -255,30 +245,27 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         else:
             gate_state = gate.GateState.from_state(raw[0])
             hi_state = high_intent.HighIntentState.from_state(raw[1])
+        touched = False  # the gate and the high-intent flags: written back only if used
         for rank, _, payload in items:
-            firing = None
+            firings: list[Any] = []
+            touched = touched or rank not in (CART_SESSION, CART_DEADLINE)
             if rank == CONSENT:
                 marketing, personalization = payload
                 gate_state = gate.on_consent(gate_state, ts, marketing, personalization)
-            elif rank == SESSION_START:
-                hi_state = high_intent.on_session_start(hi_state, ts)
+            elif rank in (CART_SESSION, CART_DEADLINE):
+                firings = self._on_cart(user_id, ts, payload, ctx)
             elif rank == HIGH_INTENT_MATCH:
-                search_ts, query, product_id = payload
-                hi_state, firing = high_intent.on_candidate(
-                    hi_state, search_ts, ts, query, product_id, self.rules)
+                session_start, search_ts, query, product_id = payload
+                hi_state, firing = high_intent.on_match(
+                    hi_state, session_start, search_ts, ts, query, product_id, self.rules)
+                firings = [firing] if firing is not None else []
             else:
-                firing = Firing.from_state(payload)
-            if firing is None:
-                continue
-            self.candidates[firing.trigger].inc()
-            gate_state, decision = gate.decide(gate_state, firing, self.rules)
-            if decision == gate.Decision.EMIT:
-                self.emitted[firing.trigger].inc()
-                yield self._notification(firing)
-            elif decision == gate.Decision.SUPPRESSED_CAP:
-                self.suppressed_cap.inc()
-            else:
-                self.suppressed_consent.inc()
+                firings = [Firing.from_state(payload)]
+            for firing in firings:
+                touched = True
+                gate_state = yield from self._gate(gate_state, firing)
+        if not touched:
+            return
         gate_state = gate.prune(gate_state, ts, self.rules)
         if gate_state.is_clearable and not hi_state.fired:
             self.gate_state.clear()
@@ -286,6 +273,45 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
             self.gate_state.update((gate_state.to_state(), hi_state.to_state()))
             ctx.timer_service().register_event_time_timer(
                 idle_timer(ts, self.privacy.state_idle_ms))
+
+    def _on_cart(self, user_id: str, ts: int, events: list[tuple] | None,
+                 ctx: Any) -> list[Any]:
+        """Fold a session's cart `events` (its end is `ts`), or check the cart's deadline
+        at `ts` (`events` None); return the firings."""
+        from udfs.cart import CartEvent, CartState, advance_to, fold_session
+        from udfs.privacy import idle_timer
+
+        raw = self.cart_state.value()
+        cart = CartState.from_state(raw) if raw is not None else CartState(user_id)
+        if events is None:
+            cart, fired = advance_to(cart, ts, self.rules)
+        else:
+            cart, fired = fold_session(
+                cart, (CartEvent(kind, at, *rest) for at, kind, *rest in events), self.rules)
+            if not cart.is_clearable:
+                ctx.timer_service().register_event_time_timer(
+                    idle_timer(ts, self.privacy.state_idle_ms))
+        if cart.is_clearable:
+            self.cart_state.clear()
+        else:
+            self.cart_state.update(cart.to_state())
+        return fired
+
+    def _gate(self, gate_state: Any, firing: Any) -> Any:
+        """Count `firing`, pass it through the gate; yield its notification if emitted and
+        return the gate's new state."""
+        from udfs import gate
+
+        self.candidates[firing.trigger].inc()
+        gate_state, decision = gate.decide(gate_state, firing, self.rules)
+        if decision == gate.Decision.EMIT:
+            self.emitted[firing.trigger].inc()
+            yield self._notification(firing)
+        elif decision == gate.Decision.SUPPRESSED_CAP:
+            self.suppressed_cap.inc()
+        else:
+            self.suppressed_consent.inc()
+        return gate_state
 
     def _notification(self, firing: Any) -> Any:
         from pyflink.common import Row
@@ -301,3 +327,10 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         else:
             value = to_json_bytes(record)
         return Row(firing.user_id, value)
+
+
+def _events_from(item: tuple[int, int, Any], ts: int) -> tuple[int, int, Any] | None:
+    """A queued cart session keeping only its events at or after `ts` (None if none)."""
+    rank, tiebreak, events = item
+    kept = [e for e in events if e[0] >= ts]
+    return (rank, tiebreak, kept) if kept else None

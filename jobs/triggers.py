@@ -3,20 +3,22 @@ event time, each firing written exactly once to the notifications topic.
 
     events ─► source stage (jobs/source.py: decode, validate, DLQ, de-duplicate, event time)
        │
-       ├─ OVER per user, ordered by ts ─► cart activity, consent, session starts ─┐
-       ├─ SESSION window per user ──────► sessions with ≥ N views, no cart ───────┤ signals
-       ├─ MATCH_RECOGNIZE per user ─────► search → view → add_to_cart ────────────┤
-       ▼                                                                           ▼
-                        TriggerFunction (Python, keyed by user): cart + checkout timers,
+       ├─ SESSION windows over cart activity ──► cart sessions, cart deadlines ────┐
+       ├─ filter ──────────────────────────────► consent stated on events ──────────┤
+       ├─ SESSION window per user ─────────────► sessions with ≥ N views, no cart ──┤
+       ├─ OVER (session starts) → MATCH_RECOGNIZE ► search → view → add_to_cart ────┤
+       ▼                                                                     signals ▼
+                        TriggerFunction (Python, keyed by user): the cart, its deadlines,
                         browse evaluation, once-per-session, frequency cap, consent
                                                │
                                                ▼
                         notifications (Kafka transactions, exactly once, key = user_id)
 
 Flink SQL carries the volume — every event passes the JVM operators only — and hands
-Python the few rows that need logic: cart activity, consent changes, session starts and
-candidate firings (see docs/design.md for the measurements behind this split). The rules
-themselves live in ``udfs/`` (cart.py, browse.py, high_intent.py, gate.py).
+Python the few rows that need logic: sessions of cart activity, cart deadlines with
+nothing before them, consent changes and candidate firings (see docs/design.md for the
+measurements behind this split). The rules themselves live in ``udfs/`` (cart.py,
+browse.py, high_intent.py, gate.py).
 
     python -m jobs.triggers              # local minicluster, until Ctrl-C
     make submit JOB=triggers             # a Flink cluster (scripts/ops.py, docs/operations.md)
@@ -46,37 +48,78 @@ JOB_NAME = "nudge-triggers"
 CART_TYPES = ("add_to_cart", "remove_from_cart", "checkout_started", "purchase")
 
 # One row type for everything the trigger function receives ("signals"):
-#   kind     'event' (cart activity, consent, session start; from the ordered stream),
-#            'browse' (a finished session that may fire browse_abandoned),
-#            'high_intent' (a matched search → view → add_to_cart),
-#            'consent', 'erasure' (requests from the privacy topic)
+#   kind      'cart'        a finished session of cart activity: its events in `items`
+#                           (JSON arrays [ts, event_type, product_id, quantity, price,
+#                           currency]); `ts` its last event
+#             'deadline'    a cart deadline at `aux` with no cart activity before it
+#                           since `ts` (the session's last cart event)
+#             'browse'      a finished session that may fire browse_abandoned: `ts` its
+#                           start, `aux` its last event, `items` the categorised views
+#             'high_intent' a matched search → view → add_to_cart: `ts` the add, `aux`
+#                           the search, `session_start` the session's first event
+#             'consent'     stated consent (an event's or the privacy topic's)
+#             'erasure'     an erasure request (privacy topic)
 SIGNAL_COLUMNS = (
-    "user_id STRING", "kind STRING", "ts BIGINT", "event_type STRING", "product_id STRING",
-    "quantity INT", "price DOUBLE", "currency STRING", "new_session BOOLEAN",
-    "consent_marketing BOOLEAN", "consent_personalization BOOLEAN", "aux BIGINT",
-    "query STRING", "views STRING",
+    "user_id STRING", "kind STRING", "ts BIGINT", "aux BIGINT", "session_start BIGINT",
+    "product_id STRING", "query STRING", "consent_marketing BOOLEAN",
+    "consent_personalization BOOLEAN", "items STRING",
 )
 
 
-def ordered_signals(t_env: Any, settings: Settings) -> Any:
-    """Each user's events in ts order (an OVER window sorts them in the JVM), reduced to
-    the ones Python needs: cart activity, stated consent and the first event of a session."""
-    gap = settings.triggers.session_gap_ms
-    t_env.create_temporary_view("ordered", t_env.sql_query(f"""
-        SELECT *, (n = 1 OR ts - prev_ts >= {gap}) AS new_session FROM (
-          SELECT *, MIN(ts) OVER w AS prev_ts, COUNT(*) OVER w AS n FROM events
-          WINDOW w AS (PARTITION BY user_id ORDER BY rowtime
-                       ROWS BETWEEN 1 PRECEDING AND CURRENT ROW))"""))
+def session_window(table: str, gap_ms: int) -> str:
+    """SQL's SESSION window over `table`'s events per user, cut where the contract cuts:
+    at a gap of *at least* `gap_ms`. Flink merges two events exactly the gap apart into
+    one session (measured), so the window's own gap is one millisecond less."""
+    return (f"TABLE(SESSION(TABLE {table} PARTITION BY user_id, DESCRIPTOR(rowtime), "
+            f"{sql_interval(gap_ms - 1)}))")
+
+
+def cart_signals(t_env: Any, settings: Settings) -> Any:
+    """Each user's cart activity as sessions, not events (udfs/cart.py, "Cart activity in
+    sessions"): one 'cart' row per session of the shorter timeout's gap, carrying its
+    events, and, when the timeouts differ, one 'deadline' row per session of the longer
+    one's gap that ends with that trigger's event."""
+    from udfs.cart import deadline_window, fold_gap
+    from udfs.rules import TriggerRules
+
+    rules = TriggerRules.from_settings(settings.triggers)
     cart = ", ".join(f"'{t}'" for t in CART_TYPES)
+    t_env.create_temporary_view("cart_activity", t_env.sql_query(
+        f"SELECT user_id, ts, event_type, product_id, quantity, price, currency, rowtime "
+        f"FROM events WHERE event_type IN ({cart})"))
+    signals = t_env.sql_query(f"""
+        SELECT {select_as(SIGNAL_COLUMNS, user_id='user_id', kind="'cart'", ts='last_ts',
+                          items="CONCAT('[', `items`, ']')")}
+        FROM (
+          SELECT user_id, MAX(ts) AS last_ts,
+                 LISTAGG(JSON_ARRAY(ts, event_type, product_id, quantity, price, currency
+                                    NULL ON NULL)) AS `items`
+          FROM {session_window('cart_activity', fold_gap(rules))}
+          GROUP BY user_id, window_start, window_end)""")
+    window = deadline_window(rules)
+    if window is None:
+        return signals
+    timeout, types = window
+    armed = ", ".join(f"'{t}'" for t in types)
+    return signals.union_all(t_env.sql_query(f"""
+        SELECT {select_as(SIGNAL_COLUMNS, user_id='user_id', kind="'deadline'", ts='last_ts',
+                          aux=f'last_ts + {timeout}')}
+        FROM (
+          SELECT user_id, MAX(ts) AS last_ts
+          FROM {session_window('cart_activity', timeout)}
+          GROUP BY user_id, window_start, window_end
+          HAVING MAX(CASE WHEN event_type IN ({armed}) THEN ts END) = MAX(ts))"""))
+
+
+def consent_signals(t_env: Any) -> Any:
+    """Consent stated on events (the contract's `consent` field)."""
     return t_env.sql_query(f"""
         SELECT {select_as(
-            SIGNAL_COLUMNS, user_id='user_id', kind="'event'", ts='ts', event_type='event_type',
-            product_id='product_id', quantity='quantity', price='price',
-            currency='currency', new_session='new_session',
+            SIGNAL_COLUMNS, user_id='user_id', kind="'consent'", ts='ts',
             consent_marketing='consent_marketing',
             consent_personalization='consent_personalization')}
-        FROM ordered
-        WHERE event_type IN ({cart}) OR new_session OR consent_marketing IS NOT NULL""")
+        FROM events
+        WHERE consent_marketing IS NOT NULL OR consent_personalization IS NOT NULL""")
 
 
 def browse_candidates(t_env: Any, settings: Settings) -> Any:
@@ -87,16 +130,32 @@ def browse_candidates(t_env: Any, settings: Settings) -> Any:
     return t_env.sql_query(f"""
         SELECT {select_as(
             SIGNAL_COLUMNS, user_id='user_id', kind="'browse'", ts='session_start',
-            aux='last_ts', views="CONCAT('[', `views`, ']')")}
+            aux='last_ts', items="CONCAT('[', `views`, ']')")}
         FROM (
           SELECT user_id, MIN(ts) AS session_start, MAX(ts) AS last_ts,
                  LISTAGG(JSON_ARRAY(ts, category, product_id NULL ON NULL))
                    FILTER (WHERE {viewed}) AS `views`
-          FROM TABLE(SESSION(TABLE events PARTITION BY user_id, DESCRIPTOR(rowtime),
-                             {sql_interval(tr.session_gap_ms)}))
+          FROM {session_window('events', tr.session_gap_ms)}
           GROUP BY user_id, window_start, window_end
           HAVING COUNT(*) FILTER (WHERE event_type = 'add_to_cart') = 0
              AND COUNT(*) FILTER (WHERE {viewed}) >= {tr.browse_min_views})""")
+
+
+def sessioned_events(t_env: Any, settings: Settings) -> str:
+    """The view `sessioned`: each event with the ts of its session's first event, in
+    each user's ts order (two OVER windows: the gap to the previous event, then the
+    latest event that began a session). Returns the view's name."""
+    gap = settings.triggers.session_gap_ms
+    t_env.create_temporary_view("sessioned", t_env.sql_query(f"""
+        SELECT user_id, ts, event_type, product_id, query, rowtime,
+               MAX(CASE WHEN n = 1 OR ts - prev_ts >= {gap} THEN ts END) OVER (
+                 PARTITION BY user_id ORDER BY rowtime
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS session_start
+        FROM (
+          SELECT *, MIN(ts) OVER w AS prev_ts, COUNT(*) OVER w AS n FROM events
+          WINDOW w AS (PARTITION BY user_id ORDER BY rowtime
+                       ROWS BETWEEN 1 PRECEDING AND CURRENT ROW))"""))
+    return "sessioned"
 
 
 def high_intent_candidates(t_env: Any, settings: Settings) -> Any:
@@ -104,17 +163,20 @@ def high_intent_candidates(t_env: Any, settings: Settings) -> Any:
 
     Greedy, mutually exclusive steps keep the pattern deterministic (no branching):
     S is a search with no later search before the first view P after it; A is the first
-    add_to_cart after P. Python keeps it to once per session (udfs/high_intent.py).
+    add_to_cart after P. Each match carries the start of A's session, so that Python can
+    keep it to once per session (udfs/high_intent.py) without seeing session starts.
     """
     within = settings.triggers.high_intent_within_ms
     return t_env.sql_query(f"""
         SELECT {select_as(
             SIGNAL_COLUMNS, user_id='user_id', kind="'high_intent'", ts='add_ts',
-            aux='search_ts', query='search_query', product_id='add_product')}
-        FROM events MATCH_RECOGNIZE (
+            aux='search_ts', session_start='session_start', query='search_query',
+            product_id='add_product')}
+        FROM {sessioned_events(t_env, settings)} MATCH_RECOGNIZE (
           PARTITION BY user_id ORDER BY rowtime
           MEASURES S.ts AS search_ts, S.query AS search_query,
-                   A.ts AS add_ts, A.product_id AS add_product
+                   A.ts AS add_ts, A.product_id AS add_product,
+                   A.session_start AS session_start
           ONE ROW PER MATCH
           AFTER MATCH SKIP TO NEXT ROW
           PATTERN (S Z1* P Z2* A) WITHIN {sql_interval(within + 1)}
@@ -147,7 +209,8 @@ def detect_triggers(t_env: Any, settings: Settings) -> Any:
 
     from jobs.functions import TriggerFunction
 
-    signals = (ordered_signals(t_env, settings)
+    signals = (cart_signals(t_env, settings)
+               .union_all(consent_signals(t_env))
                .union_all(browse_candidates(t_env, settings))
                .union_all(high_intent_candidates(t_env, settings))
                .union_all(privacy_signals(t_env)))

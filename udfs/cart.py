@@ -1,11 +1,15 @@
 """Cart and checkout abandonment: the pure rules behind ``cart_abandoned`` and
 ``checkout_abandoned``, with no Flink in sight.
 
-The Flink side is a thin keyed adapter over one user's cart activity
-(``add_to_cart``, ``remove_from_cart``, ``checkout_started``, ``purchase``): it keeps one
-``CartState`` per user (``to_state()`` in a ``ValueState``), calls ``on_cart_event`` for
-each event in event-time order, registers an event-time timer at the returned deadline,
-and calls ``on_timer`` when a timer fires. Time is always passed in.
+``on_cart_event`` applies one event of a user's cart activity (``add_to_cart``,
+``remove_from_cart``, ``checkout_started``, ``purchase``) and returns the deadline to
+watch; ``advance_to`` lets event time pass it. ``apply_in_order`` runs a whole stream this
+way: the reference for the rules below. Time is always passed in.
+
+The job does not hand Python every cart event (see "Cart activity in sessions" below):
+Flink SQL cuts each user's cart activity into sessions and Python folds one session at a
+time (``fold_session``) and checks a deadline only when SQL says that nothing came before
+it (``advance_to``). Unit tests check that this gives the reference's firings.
 
 Rules (contract, "Triggers"):
 
@@ -256,3 +260,50 @@ def _quantity(quantity: int | None) -> int:
     if quantity is None:
         return 1
     return max(0, int(quantity))
+
+
+# --- cart activity in sessions ---------------------------------------------------------
+#
+# Per-event state in Python costs a round trip to the JVM per cart event. The job instead
+# lets Flink SQL cut each user's cart activity into sessions with two session windows:
+#
+# * the *fold* window, gap ``fold_gap`` (the shorter of the two timeouts), carries every
+#   event of the session; Python folds them into the cart when event time reaches the
+#   session's end (last ts + fold gap, ``fold_session``). A deadline of that length falls
+#   exactly on the end and is fired there: nothing came in between, or the session
+#   would not have ended.
+# * the *deadline* window, gap ``deadline_window()[0]`` (the longer timeout), only exists
+#   when the timeouts differ. It emits its sessions that end with the longer timeout's
+#   trigger event (``deadline_window()[1]``); Python checks the deadline at last ts + that
+#   timeout (``advance_to``). Every fold session ending by then has been folded by then,
+#   because the fold gap is the shorter one; a session after it starts at or after it.
+#
+# Equal timestamps: the fold window lists a session's events in arrival order and
+# ``fold_session`` sorts them stably by ts, like the OVER window the reference stands for.
+
+
+def fold_gap(rules: TriggerRules) -> int:
+    """The gap of the sessions Python folds: the shorter of the two timeouts."""
+    return min(rules.cart_abandon_after, rules.checkout_abandon_after)
+
+
+def deadline_window(rules: TriggerRules) -> tuple[int, tuple[str, ...]] | None:
+    """The longer timeout and the event types whose deadline it is, or ``None`` when
+    both timeouts are equal (the fold sessions then end on every deadline)."""
+    if rules.cart_abandon_after > rules.checkout_abandon_after:
+        return rules.cart_abandon_after, (ADD_TO_CART, REMOVE_FROM_CART)
+    if rules.checkout_abandon_after > rules.cart_abandon_after:
+        return rules.checkout_abandon_after, (CHECKOUT_STARTED,)
+    return None
+
+
+def fold_session(
+    state: CartState, events: Iterable[CartEvent], rules: TriggerRules
+) -> tuple[CartState, list[Firing]]:
+    """Apply one fold session's events (any order; sorted stably by ts here), then let
+    event time reach the session's end, last ts + ``fold_gap``."""
+    state, fired, _ = apply_in_order(state, events, rules)
+    if state.last_activity_ts is None:
+        return state, fired
+    state, due = advance_to(state, state.last_activity_ts + fold_gap(rules), rules)
+    return state, fired + due

@@ -23,10 +23,8 @@ Two ways in, sharing one ``HighIntentState``:
 * ``on_event`` over every event of the user (the reference, and the tests), which cuts
   sessions itself;
 * for a Flink SQL ``MATCH_RECOGNIZE`` that already found ``(search, view, add_to_cart)``
-  candidates: ``on_session_start`` for each session's first event (e.g. a second
-  ``MATCH_RECOGNIZE`` on consecutive events with a gap ``>= session_gap``) and
-  ``on_candidate`` for each match, applied together in ts order (a session start before
-  a candidate of equal ts). Only the once-per-session rule is left for Python there.
+  candidates, each with the start of its session: ``on_match`` for each match, in ts
+  order. Only the once-per-session rule is left for Python there.
 
     .venv/bin/python -m pytest tests/unit/test_high_intent.py -q
 """
@@ -127,6 +125,22 @@ def on_candidate(
     firing = Firing(HIGH_INTENT, state.user_id, add_ts,
                     {"query": query, "product_id": product_id})
     return replace(state, fired=True), firing
+
+
+def on_match(
+    state: HighIntentState,
+    session_start: int,
+    search_ts: int,
+    add_ts: int,
+    query: str | None,
+    product_id: str | None,
+    rules: TriggerRules,
+) -> tuple[HighIntentState, Firing | None]:
+    """A match found in the session that began at ``session_start``: a later session
+    than the state's starts afresh (``on_session_start``), then ``on_candidate``."""
+    if state.session_start is None or session_start > state.session_start:
+        state = on_session_start(state, session_start)
+    return on_candidate(state, search_ts, add_ts, query, product_id, rules)
 
 
 def high_intent_firings(

@@ -29,6 +29,15 @@ v product_view with category, s search, p page_view):
                                                docs/privacy.md)
     j   +x   (consent marketing=false @ 5 on the privacy topic)   ──► nothing
         0
+    k   +x          c                       ──► cart_abandoned @ 30 (the checkout comes
+        0           30                          exactly at the deadline), then
+                                                checkout_abandoned @ 45
+    l   v(q) v(q) v(q)             p        ──► browse_abandoned q @ 32: a gap of exactly
+        0    1    2                32           30 min ends the session
+    m   s v +x  p  p  p  s  v  +y           ──► high_intent @ 2 only (one long session),
+        0 1 2   22 42 62 70 71 72               cart_abandoned @ 32 (@ 102 capped)
+    n   s v +x        s  v  +y              ──► high_intent @ 2 and @ 67 (a new session,
+        0 1 2         65 66 67                  past the 1 h cooldown), cart_abandoned @ 32
 
 The input is shuffled by up to 50 s of event time (within the allowed lateness).
 """
@@ -82,6 +91,19 @@ def trace() -> list[dict]:
         e("i", 0, "add_to_cart", product_id="x", price=7.0),
         e("i", 20, "add_to_cart", product_id="y", price=1.5),
         e("j", 0, "add_to_cart", product_id="x"),
+        e("k", 0, "add_to_cart", product_id="x"),
+        e("k", 30, "checkout_started"),
+        *(e("l", m, "product_view", product_id="x", category="q") for m in (0, 1, 2)),
+        e("l", 32, "page_view"),
+        *(e(user, m, kind, **fields) for user, m, kind, fields in [
+            *((u, 0, "search", {"query": "q"}) for u in "mn"),
+            *((u, 1, "product_view", {"product_id": "x"}) for u in "mn"),
+            *((u, 2, "add_to_cart", {"product_id": "x"}) for u in "mn"),
+            *(("m", m, "page_view", {}) for m in (22, 42, 62)),
+            ("m", 70, "search", {"query": "r"}), ("m", 71, "product_view", {"product_id": "y"}),
+            ("m", 72, "add_to_cart", {"product_id": "y"}),
+            ("n", 65, "search", {"query": "r"}), ("n", 66, "product_view", {"product_id": "y"}),
+            ("n", 67, "add_to_cart", {"product_id": "y"})]),
     ]
     for i, event in enumerate(events):
         event.setdefault("event_id", f"{event['user_id']}-{i}")
@@ -100,6 +122,14 @@ EXPECTED = sorted([
     ("high_intent", "f", T0 + 3 * M),
     ("cart_abandoned", "f", T0 + 37 * M),
     ("cart_abandoned", "g", T0 + 50 * M),
+    ("cart_abandoned", "k", T0 + 30 * M),
+    ("checkout_abandoned", "k", T0 + 45 * M),
+    ("browse_abandoned", "l", T0 + 32 * M),
+    ("high_intent", "m", T0 + 2 * M),
+    ("cart_abandoned", "m", T0 + 32 * M),
+    ("high_intent", "n", T0 + 2 * M),
+    ("high_intent", "n", T0 + 67 * M),
+    ("cart_abandoned", "n", T0 + 32 * M),
 ])
 PRIVACY = [
     {"type": "erasure", "user_id": "i", "ts": T0 + 5 * M},
@@ -162,3 +192,9 @@ def test_out_of_order_input_gives_the_firings_of_the_sorted_stream(parallelism: 
         assert n["payload"]["items"] == [{"product_id": "y", "quantity": 1, "price": 1.5}]
     assert payloads[("checkout_abandoned", "b")]["items"] == [
         {"product_id": "x", "quantity": 1, "price": 1.0}]
+    assert payloads[("checkout_abandoned", "k")]["last_activity_ts"] == T0 + 30 * M
+    assert payloads[("checkout_abandoned", "k")]["items"] == [
+        {"product_id": "x", "quantity": 1, "price": None}]
+    assert payloads[("browse_abandoned", "l")]["session_end"] == T0 + 2 * M
+    assert sorted(n["payload"]["query"] for n in notifications
+                  if n["user_id"] == "n" and n["trigger"] == "high_intent") == ["q", "r"]

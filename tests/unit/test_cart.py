@@ -11,11 +11,16 @@ import pickle
 import random
 from collections.abc import Iterable, Iterator
 
+import pytest
+
 from udfs.cart import (
     CartEvent,
     CartState,
     advance_to,
     apply_in_order,
+    deadline_window,
+    fold_gap,
+    fold_session,
     on_cart_event,
     on_timer,
 )
@@ -342,3 +347,107 @@ def test_shuffled_within_lateness_gives_the_same_firings_as_sorted() -> None:
             fired.extend(new)
         assert fired == expected, seed
     assert reordered > 20
+
+
+# --- cart activity in sessions (what the job does: jobs/triggers.py, jobs/functions.py) --
+
+
+def sql_sessions(events: list[CartEvent], gap: int) -> list[list[CartEvent]]:
+    """A SQL session window over ts-sorted events, cut at a gap of at least `gap`."""
+    sessions: list[list[CartEvent]] = []
+    for event in events:
+        if not sessions or event.ts - sessions[-1][-1].ts >= gap:
+            sessions.append([])
+        sessions[-1].append(event)
+    return sessions
+
+
+def session_firings(events: list[CartEvent], rules: TriggerRules,
+                    rng: random.Random) -> list[Firing]:
+    """The job's way: fold sessions queued at their end, deadline rows queued at their
+    deadline, applied in ts order (folds first at equal ts). Each session's events reach
+    the fold in a shuffled order (ties at equal ts kept), as a window may list them.
+    Every firing must happen when event time reaches its fired_at, not later."""
+    ordered = sorted(events, key=lambda e: e.ts)
+    queue: list[tuple[int, int, list[CartEvent] | None]] = []
+    for session in sql_sessions(ordered, fold_gap(rules)):
+        queue.append((session[-1].ts + fold_gap(rules), 0,
+                      _shuffled_keeping_ties(session, rng)))
+    window = deadline_window(rules)
+    if window is not None:
+        timeout, armed = window
+        for session in sql_sessions(ordered, timeout):
+            last = session[-1].ts
+            if any(e.ts == last and e.event_type in armed for e in session):
+                queue.append((last + timeout, 1, None))
+    state, fired = CartState("u1"), []
+    for at_ms, _, session in sorted(queue, key=lambda item: item[:2]):
+        if session is None:
+            state, new = advance_to(state, at_ms, rules)
+        else:
+            state, new = fold_session(state, session, rules)
+        assert all(f.fired_at == at_ms for f in new), (at_ms, new)
+        fired.extend(new)
+    return fired
+
+
+def _shuffled_keeping_ties(session: list[CartEvent], rng: random.Random) -> list[CartEvent]:
+    """The session's events in a random order in which equal-ts events keep theirs."""
+    keyed = [(rng.random(), e.ts, i) for i, e in enumerate(session)]
+    by_ts: dict[int, float] = {}
+    for r, ts, _ in keyed:
+        by_ts.setdefault(ts, r)
+    order = sorted(range(len(session)), key=lambda i: (by_ts[session[i].ts], i))
+    return [session[i] for i in order]
+
+
+# gaps that land exactly on both timeouts and on either side of them, and equal ts
+EXACT_GAPS_MS = [0, 1_000, 60_000, 14 * 60_000, 15 * 60_000, 16 * 60_000, 29 * 60_000,
+                 30 * 60_000, 31 * 60_000, 45 * 60_000]
+
+
+def exact_cart_stream(rng: random.Random, n: int) -> list[CartEvent]:
+    kinds = ["add_to_cart"] * 5 + ["remove_from_cart"] * 2 + ["checkout_started", "purchase"]
+    events, ts = [], T0
+    for _ in range(n):
+        ts += rng.choice(EXACT_GAPS_MS)
+        events.append(CartEvent(rng.choice(kinds), ts, rng.choice(["p1", "p2"]),
+                                rng.randint(1, 3), rng.choice([None, 2.5])))
+    return events
+
+
+@pytest.mark.parametrize("cart_after, checkout_after", [
+    (30, 15),  # the defaults: the fold sessions end on checkout deadlines
+    (15, 30),  # the other way round: the fold sessions end on cart deadlines
+    (30, 30),  # equal: no deadline window
+])
+def test_sessions_and_deadline_rows_give_the_reference_firings(
+        cart_after: int, checkout_after: int) -> None:
+    rules = RULES.replace(cart_abandon_after=cart_after * 60_000,
+                          checkout_abandon_after=checkout_after * 60_000)
+    fired = 0
+    for seed in range(200):
+        rng = random.Random(seed)
+        events = exact_cart_stream(rng, 40) if seed % 2 else random_cart_stream(rng, 40)
+        expected = apply_in_order(CartState("u1"), events, rules, FOREVER)[1]
+        assert session_firings(events, rules, rng) == expected, seed
+        fired += len(expected)
+    assert fired > 500  # the streams do fire, often
+
+
+def test_fold_gap_and_deadline_window_follow_the_timeouts() -> None:
+    assert fold_gap(RULES) == 15 * 60_000
+    assert deadline_window(RULES) == (30 * 60_000, ("add_to_cart", "remove_from_cart"))
+    swapped = RULES.replace(cart_abandon_after=10 * 60_000)
+    assert fold_gap(swapped) == 10 * 60_000
+    assert deadline_window(swapped) == (15 * 60_000, ("checkout_started",))
+    assert deadline_window(RULES.replace(checkout_abandon_after=30 * 60_000)) is None
+
+
+# add p1  c  (one fold session)  X checkout_abandoned at its end
+#  0      1 ----------------- 16
+def test_fold_session_fires_the_deadline_on_its_end() -> None:
+    state, fired = fold_session(CartState("u1"), [checkout(1), add(0)], RULES)
+    assert [(f.trigger, f.fired_at) for f in fired] == [(CHECKOUT, at(16))]
+    assert fired[0].payload["items"] == [{"product_id": "p1", "quantity": 1, "price": None}]
+    assert state.deadline is None

@@ -14,9 +14,8 @@ from tests.unit.watermark import released_in_ts_order
 from udfs.high_intent import (
     HighIntentState,
     high_intent_firings,
-    on_candidate,
     on_event,
-    on_session_start,
+    on_match,
 )
 from udfs.rules import TriggerRules
 
@@ -137,17 +136,24 @@ def test_search_without_query_has_null_query() -> None:
     assert firing.payload == {"query": None, "product_id": "p1"}
 
 
-# SQL path: candidate(s=0,c=2) X  candidate(s=3,c=5)   session start 40   candidate(s=41,c=43) X
-def test_candidates_from_sql_fire_once_per_session() -> None:
+# SQL path, each match with its session's start (session 0, then session 40):
+#   match(s=0,c=2) X   match(s=3,c=5)   |   match(s=41,c=51+1ms) too slow   match(s=41,c=43) X
+def test_matches_from_sql_fire_once_per_session() -> None:
     state = HighIntentState("u1")
-    state, first = on_candidate(state, at(0), at(2), "shoes", "p1", RULES)
-    state, second = on_candidate(state, at(3), at(5), "boots", "p2", RULES)
-    state = on_session_start(state, at(40))
-    state, slow = on_candidate(state, at(41), at(51) + 1, "hats", "p3", RULES)
-    state, third = on_candidate(state, at(41), at(43), "hats", "p3", RULES)
+    state, first = on_match(state, at(0), at(0), at(2), "shoes", "p1", RULES)
+    state, second = on_match(state, at(0), at(3), at(5), "boots", "p2", RULES)
+    state, slow = on_match(state, at(40), at(41), at(51) + 1, "hats", "p3", RULES)
+    state, third = on_match(state, at(40), at(41), at(43), "hats", "p3", RULES)
     firings = [f for f in (first, second, slow, third) if f is not None]
     assert [(f.trigger, f.fired_at) for f in firings] == [(HI, at(2)), (HI, at(43))]
     assert third is not None and third.payload == {"query": "hats", "product_id": "p3"}
+    assert state.session_start == at(40)
+
+
+def test_a_match_from_an_older_session_does_not_reopen_it() -> None:
+    state, first = on_match(HighIntentState("u1"), at(40), at(41), at(43), "q", "p", RULES)
+    state, older = on_match(state, at(0), at(1), at(2), "q", "p", RULES)
+    assert first is not None and older is None and state.session_start == at(40)
 
 
 def test_state_round_trips() -> None:
