@@ -3,11 +3,10 @@
 ``TriggerFunction`` is keyed by user and receives the "signals" of ``jobs.triggers``:
 
 * ``cart`` rows — a finished session of the user's cart activity with its events; folded
-  into the cart (``udfs.cart.fold_session``) when event time reaches the session's end.
-* ``deadline`` rows — a cart deadline with no cart activity before it; checked when
-  event time reaches it (``udfs.cart.advance_to``). Python registers no timer per cart
-  event: SQL's session windows say when nothing happened (udfs/cart.py, "Cart activity
-  in sessions").
+  into the cart on arrival (``udfs.cart.fold_session``).
+* ``deadline`` rows — a cart deadline with no cart activity before it
+  (``udfs.cart.on_deadline``). Python registers no timer per cart event: SQL's session
+  windows say when nothing happened (udfs/cart.py, "Cart activity in sessions").
 * ``browse`` rows — finished sessions (``udfs.browse.evaluate_browse``).
 * ``high_intent`` rows — matched search → view → add_to_cart with the start of their
   session (``udfs.high_intent.on_match``).
@@ -21,10 +20,11 @@ State is cleaned up by timers (``udfs.privacy.idle_timer``): a user's cart, caps
 session flags go ``privacy.state_idle_ms`` after their last activity; stated consent
 after ``privacy.consent_retention_ms``; a tombstone after ``privacy.erasure_tombstone_ms``.
 
-Everything is queued by its event time and applied in ts order when the watermark passes
-it (at equal ts: consent, cart sessions, deadlines, firings, high-intent matches). So the
-cart, cap and consent decisions do not depend on which upstream operator was faster, and
-a replay gives the same notifications with the same ids.
+Firings, consent changes and high-intent matches are queued by their event time and
+applied in ts order when the watermark passes it (at equal ts: consent, late deadline
+checks, firings, high-intent matches). So the cap and consent decisions do not depend on
+which upstream operator was faster, and a replay gives the same notifications with the
+same ids. The cart itself is order-proof without waiting (udfs/cart.py).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ USER_ID, KIND, TS, AUX, SESSION_START, PRODUCT_ID, QUERY, MARKETING, PERSONALIZA
                       "items")
 
 # Queued items, applied in this order at equal ts: (rank, ts, tiebreak, item)
-CONSENT, CART_SESSION, CART_DEADLINE, FIRING, HIGH_INTENT_MATCH = 0, 1, 2, 3, 4
+CONSENT, CART_DEADLINE, FIRING, HIGH_INTENT_MATCH = 0, 1, 2, 3
 
 
 class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
@@ -112,7 +112,7 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
             self.dropped_erased.inc()
             return
         if kind == "deadline":
-            self._queue(ctx, row[AUX], (CART_DEADLINE, 0, None))
+            self._on_deadline(row[TS], row[AUX], ctx)
         elif kind == "browse":
             self._on_browse(row, ctx)
         elif kind == "high_intent":
@@ -128,17 +128,11 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         self.erasures.inc()
         self.cart_state.clear()
         self.gate_state.clear()
-        # Only what the new user (from ts on) did may stay: consent, cart events and
-        # deadlines (checked against the cart when due). Queued firings and matches
-        # were built from earlier events.
-        pending = {}
-        for at, items in (self.pending.value() or {}).items():
-            if at < ts:
-                continue
-            kept = [_events_from(item, ts) if item[0] == CART_SESSION else item
-                    for item in items if item[0] in (CONSENT, CART_SESSION, CART_DEADLINE)]
-            if kept := [item for item in kept if item is not None]:
-                pending[at] = kept
+        # Only what the new user (from ts on) said may stay: consent, and cart deadline
+        # checks (they find the cart empty). Queued firings and matches were built from
+        # earlier events.
+        pending = {at: kept for at, items in (self.pending.value() or {}).items() if at >= ts
+                   if (kept := [i for i in items if i[0] in (CONSENT, CART_DEADLINE)])}
         if pending:
             self.pending.update(pending)
         else:
@@ -146,17 +140,51 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         self.tombstone.set(ts, ctx.timer_service())
 
     def _on_cart_session(self, row: Any, ctx: Any) -> None:
-        """Queue a session's cart events (those after any erasure) for its end."""
-        from udfs.cart import fold_gap
+        """Fold a finished session's cart events (those after any erasure) into the cart
+        now, whatever deadline rows are still to come (udfs/cart.py, "Cart activity in
+        sessions"); its firings wait for event time to reach them, like every firing."""
+        from udfs.cart import CartEvent, fold_session
+        from udfs.privacy import idle_timer
 
-        events = [(int(at), kind, product, None if qty is None else int(qty),
-                   None if price is None else float(price), currency)
+        events = [CartEvent(kind, int(at), product, None if qty is None else int(qty),
+                            None if price is None else float(price), currency)
                   for at, kind, product, qty, price, currency in json.loads(row[ITEMS])]
-        kept = [e for e in events if not self.tombstone.covers(e[0])]
+        kept = [e for e in events if not self.tombstone.covers(e.ts)]
         if len(kept) < len(events):
             self.dropped_erased.inc(len(events) - len(kept))
-        if kept:
-            self._queue(ctx, row[TS] + fold_gap(self.rules), (CART_SESSION, 0, kept))
+        if not kept:
+            return
+        cart, fired = fold_session(self._cart(row[USER_ID]), kept, self.rules)
+        self._store_cart(cart)
+        for firing in fired:
+            self._queue_firing(ctx, firing)
+        if not cart.is_clearable:
+            ctx.timer_service().register_event_time_timer(
+                idle_timer(row[TS], self.privacy.state_idle_ms))
+
+    def _on_deadline(self, last_ts: int, deadline: int, ctx: Any) -> None:
+        """No cart activity from `last_ts` until `deadline` (udfs.cart.on_deadline)."""
+        from udfs.cart import on_deadline
+
+        cart, fired, check_later = on_deadline(self._cart(ctx.get_current_key()), last_ts,
+                                               deadline, self.rules)
+        self._store_cart(cart)
+        for firing in fired:
+            self._queue_firing(ctx, firing)
+        if check_later:
+            self._queue(ctx, deadline, (CART_DEADLINE, 0, None))
+
+    def _cart(self, user_id: str) -> Any:
+        from udfs.cart import CartState
+
+        raw = self.cart_state.value()
+        return CartState.from_state(raw) if raw is not None else CartState(user_id)
+
+    def _store_cart(self, cart: Any) -> None:
+        if cart.is_clearable:
+            self.cart_state.clear()
+        else:
+            self.cart_state.update(cart.to_state())
 
     def _on_browse(self, row: Any, ctx: Any) -> None:
         from udfs.browse import SessionSummary, evaluate_browse
@@ -248,12 +276,12 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         touched = False  # the gate and the high-intent flags: written back only if used
         for rank, _, payload in items:
             firings: list[Any] = []
-            touched = touched or rank not in (CART_SESSION, CART_DEADLINE)
+            touched = touched or rank != CART_DEADLINE
             if rank == CONSENT:
                 marketing, personalization = payload
                 gate_state = gate.on_consent(gate_state, ts, marketing, personalization)
-            elif rank in (CART_SESSION, CART_DEADLINE):
-                firings = self._on_cart(user_id, ts, payload, ctx)
+            elif rank == CART_DEADLINE:
+                firings = self._on_cart_deadline(user_id, ts)
             elif rank == HIGH_INTENT_MATCH:
                 session_start, search_ts, query, product_id = payload
                 hi_state, firing = high_intent.on_match(
@@ -274,27 +302,12 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
             ctx.timer_service().register_event_time_timer(
                 idle_timer(ts, self.privacy.state_idle_ms))
 
-    def _on_cart(self, user_id: str, ts: int, events: list[tuple] | None,
-                 ctx: Any) -> list[Any]:
-        """Fold a session's cart `events` (its end is `ts`), or check the cart's deadline
-        at `ts` (`events` None); return the firings."""
-        from udfs.cart import CartEvent, CartState, advance_to, fold_session
-        from udfs.privacy import idle_timer
+    def _on_cart_deadline(self, user_id: str, ts: int) -> list[Any]:
+        """Event time reached a deadline whose session was folded late; its firings."""
+        from udfs.cart import advance_to
 
-        raw = self.cart_state.value()
-        cart = CartState.from_state(raw) if raw is not None else CartState(user_id)
-        if events is None:
-            cart, fired = advance_to(cart, ts, self.rules)
-        else:
-            cart, fired = fold_session(
-                cart, (CartEvent(kind, at, *rest) for at, kind, *rest in events), self.rules)
-            if not cart.is_clearable:
-                ctx.timer_service().register_event_time_timer(
-                    idle_timer(ts, self.privacy.state_idle_ms))
-        if cart.is_clearable:
-            self.cart_state.clear()
-        else:
-            self.cart_state.update(cart.to_state())
+        cart, fired = advance_to(self._cart(user_id), ts, self.rules)
+        self._store_cart(cart)
         return fired
 
     def _gate(self, gate_state: Any, firing: Any) -> Any:
@@ -328,9 +341,3 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
             value = to_json_bytes(record)
         return Row(firing.user_id, value)
 
-
-def _events_from(item: tuple[int, int, Any], ts: int) -> tuple[int, int, Any] | None:
-    """A queued cart session keeping only its events at or after `ts` (None if none)."""
-    rank, tiebreak, events = item
-    kept = [e for e in events if e[0] >= ts]
-    return (rank, tiebreak, kept) if kept else None

@@ -7,9 +7,10 @@ watch; ``advance_to`` lets event time pass it. ``apply_in_order`` runs a whole s
 way: the reference for the rules below. Time is always passed in.
 
 The job does not hand Python every cart event (see "Cart activity in sessions" below):
-Flink SQL cuts each user's cart activity into sessions and Python folds one session at a
+Flink SQL cuts each user's cart activity into sessions; Python folds one session at a
 time (``fold_session``) and checks a deadline only when SQL says that nothing came before
-it (``advance_to``). Unit tests check that this gives the reference's firings.
+it (``on_deadline``). Unit tests check that this gives the reference's firings whatever
+the order in which the two kinds of rows arrive.
 
 Rules (contract, "Triggers"):
 
@@ -268,15 +269,22 @@ def _quantity(quantity: int | None) -> int:
 # lets Flink SQL cut each user's cart activity into sessions with two session windows:
 #
 # * the *fold* window, gap ``fold_gap`` (the shorter of the two timeouts), carries every
-#   event of the session; Python folds them into the cart when event time reaches the
-#   session's end (last ts + fold gap, ``fold_session``). A deadline of that length falls
-#   exactly on the end and is fired there: nothing came in between, or the session
-#   would not have ended.
+#   event of a session; Python folds them into the cart as soon as the row arrives
+#   (``fold_session``). A deadline of the fold gap's length falls exactly on the
+#   session's end and is fired there: nothing came in between, or the session would not
+#   have ended.
 # * the *deadline* window, gap ``deadline_window()[0]`` (the longer timeout), only exists
 #   when the timeouts differ. It emits its sessions that end with the longer timeout's
-#   trigger event (``deadline_window()[1]``); Python checks the deadline at last ts + that
-#   timeout (``advance_to``). Every fold session ending by then has been folded by then,
-#   because the fold gap is the shorter one; a session after it starts at or after it.
+#   trigger event (``deadline_window()[1]``): nothing happened from their last event until
+#   the deadline. ``on_deadline`` fires the cart's deadline if it is that one.
+#
+# The two windows' rows reach Python in any order. That is safe: a fold session's events
+# all come after every deadline still to be checked, and folding an event at or past the
+# pending deadline fires that deadline first, with the cart as it was (``on_cart_event``),
+# so a deadline row that comes later finds nothing left to fire. A deadline row that
+# comes before the session it closes is checked again when event time reaches the
+# deadline (every fold session ending by then has arrived by then, because the fold gap
+# is the shorter one).
 #
 # Equal timestamps: the fold window lists a session's events in arrival order and
 # ``fold_session`` sorts them stably by ts, like the OVER window the reference stands for.
@@ -307,3 +315,16 @@ def fold_session(
         return state, fired
     state, due = advance_to(state, state.last_activity_ts + fold_gap(rules), rules)
     return state, fired + due
+
+
+def on_deadline(
+    state: CartState, last_ts: int, deadline: int, rules: TriggerRules
+) -> tuple[CartState, list[Firing], bool]:
+    """A deadline row: no cart activity from ``last_ts`` until ``deadline``. Returns
+    ``(state, firings, check_later)``; ``check_later`` is true when the session that ends
+    at ``last_ts`` has not been folded yet: call ``advance_to`` when event time reaches
+    ``deadline``."""
+    if state.deadline == deadline:
+        state, fired = advance_to(state, deadline, rules)
+        return state, fired, False
+    return state, [], state.last_activity_ts is None or state.last_activity_ts < last_ts
