@@ -67,7 +67,9 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         # All of a user's state in one ValueState: one cold read per signal, not four.
         # pending is {ts: [items]} (a dict in the record, not a MapState, whose misses
         # cost a round trip to the JVM per access).
-        self.record = KeyedRecord(runtime_context, "user",
+        # "triggers" since the cart moved to sessions: the queued items of the builds
+        # before have another shape (docs/operations.md, state layout changes).
+        self.record = KeyedRecord(runtime_context, "triggers",
                                   ("cart", "gate", "pending", "erased"))
         self.cart_state, self.gate_state, self.pending, erased = self.record.fields()
         self.tombstone = Tombstone(erased, self.privacy.erasure_tombstone_ms)

@@ -84,6 +84,9 @@ def compare(case: str, injected: str, expected: set[Firing], records: list) -> N
           f"{len(got)}, missing {len(missing)}, duplicated {duplicated}, extra {len(extra)}")
     if missing:
         print(f"[{case}] missing by trigger: {missing_by_trigger(missing)}")
+    if extra:
+        print(f"[{case}] extra by trigger: {missing_by_trigger(extra)}; first: "
+              f"{sorted(extra)[:5]}")
     assert not missing, f"missing {sorted(missing)[:5]}"
     assert not extra, f"unexpected {sorted(extra)[:5]}"
     assert duplicated == 0
