@@ -121,6 +121,16 @@ def kafka_classpath() -> str:
     return f"{jars}/*"
 
 
+def kafka_cluster_id() -> str:
+    """A random KRaft cluster id (URL-safe base64 of 16 bytes, as Kafka makes them). One in
+    64 starts with "-", which the storage tool's argument parser takes for an option
+    ("argument --cluster-id: expected one argument"): such ids are drawn again, as
+    Kafka's own `Uuid.randomUuid` does."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
 def kafka_start() -> None:
     data, logs = KAFKA_DIR / "data", KAFKA_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -175,7 +185,7 @@ def kafka_start() -> None:
     java = ["java", "-Xms256m", "-Xmx1g", "-XX:+UseG1GC",
             f"-Dlog4j2.configurationFile={log4j}", "-cp", kafka_classpath()]
     if not (data / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = kafka_cluster_id()
         fmt = subprocess.run(java + ["kafka.tools.StorageTool", "format", "--standalone",
                                      "-t", cluster_id, "-c", str(props)],
                              capture_output=True, text=True, cwd=ROOT)
