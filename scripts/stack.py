@@ -131,6 +131,7 @@ def kafka_cluster_id() -> str:
         if not cluster_id.startswith("-"):
             return cluster_id
 
+
 def kafka_start() -> None:
     data, logs = KAFKA_DIR / "data", KAFKA_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)

@@ -210,9 +210,11 @@ def on_cart_event(
 def on_timer(
     state: CartState, timer_ts: int, rules: TriggerRules
 ) -> tuple[CartState, list[Firing]]:
-    """An event-time timer fired at ``timer_ts``: fire only if it is the pending deadline.
+    """Event time reached ``timer_ts``, a deadline once watched (a timer, or SQL's deadline
+    row): fire only if it is the pending deadline.
 
-    Timers left over from earlier deadlines (the cart moved on since) are stale and ignored.
+    Deadlines left over from earlier activity (the cart moved on since) are stale and
+    ignored.
     """
     if state.deadline is None or timer_ts != state.deadline:
         return state, []
@@ -324,7 +326,7 @@ def on_deadline(
     ``(state, firings, check_later)``; ``check_later`` is true when the session that ends
     at ``last_ts`` has not been folded yet: call ``advance_to`` when event time reaches
     ``deadline``."""
-    if state.deadline == deadline:
-        state, fired = advance_to(state, deadline, rules)
+    state, fired = on_timer(state, deadline, rules)
+    if fired:
         return state, fired, False
     return state, [], state.last_activity_ts is None or state.last_activity_ts < last_ts
