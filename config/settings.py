@@ -184,6 +184,7 @@ class FlinkSettings:
     python_bundle_size: int
     python_bundle_time_ms: int
     python_state_cache_size: int
+    python_pipelined_state_commit: bool
     checkpoint_dir: str
     checkpoint_timeout_ms: int
     checkpoint_min_pause_ms: int
