@@ -203,18 +203,22 @@ def create_notifications_sink(t_env: Any, settings: Settings) -> None:
                               f"{JOB_NAME}-{topic}")
 
 
+def signals(t_env: Any, settings: Settings) -> Any:
+    """Everything the trigger function receives, one table of SIGNAL_COLUMNS."""
+    return (cart_signals(t_env, settings)
+            .union_all(consent_signals(t_env))
+            .union_all(browse_candidates(t_env, settings))
+            .union_all(high_intent_candidates(t_env, settings))
+            .union_all(privacy_signals(t_env)))
+
+
 def detect_triggers(t_env: Any, settings: Settings) -> Any:
     """All signals → the keyed trigger function → (user_id, notification bytes)."""
     from pyflink.common import Types
 
     from jobs.functions import TriggerFunction
 
-    signals = (cart_signals(t_env, settings)
-               .union_all(consent_signals(t_env))
-               .union_all(browse_candidates(t_env, settings))
-               .union_all(high_intent_candidates(t_env, settings))
-               .union_all(privacy_signals(t_env)))
-    stream = t_env.to_data_stream(signals)
+    stream = t_env.to_data_stream(signals(t_env, settings))
     return (stream
             .key_by(lambda row: row[0], key_type=Types.STRING())
             .process(TriggerFunction(settings),
@@ -230,15 +234,23 @@ def write_notifications(t_env: Any, settings: Settings, statements: Any, stream:
     statements.add_insert("notifications_sink", t_env.from_data_stream(stream))
 
 
-def build(env: Any, t_env: Any, settings: Settings, topic: str | None = None,
-          bounded: bool = False, privacy_topic: str | None = None) -> None:
-    """The job's pipeline; `topic`, `privacy_topic` and `bounded` (stop at the offsets
-    current at start-up) are for tests and benchmarks."""
+def build_sources(t_env: Any, settings: Settings, topic: str | None = None,
+                  bounded: bool = False, privacy_topic: str | None = None) -> Any:
+    """The `events` and `privacy` tables; returns the statement set with their
+    dead-letter inserts."""
     statements = t_env.create_statement_set()
     read_events(t_env, settings, statements, group_id=f"{settings.kafka.group_id}-triggers",
                 topic=topic, bounded=bounded)
     read_privacy(t_env, settings, statements, group_id=f"{settings.kafka.group_id}-triggers",
                  topic=privacy_topic, bounded=bounded)
+    return statements
+
+
+def build(env: Any, t_env: Any, settings: Settings, topic: str | None = None,
+          bounded: bool = False, privacy_topic: str | None = None) -> None:
+    """The job's pipeline; `topic`, `privacy_topic` and `bounded` (stop at the offsets
+    current at start-up) are for tests and benchmarks."""
+    statements = build_sources(t_env, settings, topic, bounded, privacy_topic)
     notifications = detect_triggers(t_env, settings)
     write_notifications(t_env, settings, statements, notifications)
     statements.attach_as_datastream()

@@ -9,7 +9,10 @@ minicluster per run (``--target minicluster``).
      ``JSON_VALUE`` and writes to a blackhole sink — the JVM pass-through limit;
    - ``triggers`` and ``profiles``: the real jobs (outputs under ``bench`` names, Redis
      keys under ``bench:``);
-   - (minicluster only) ``source``: the shared source stage alone;
+   - ``source``: the shared source stage alone (decode, validate, de-duplicate) into a
+     blackhole sink;
+   - ``signals``: the triggers job up to the rows its Python function receives, into a
+     blackhole sink — the limit of its SQL half;
 3. reports events/s, the ratio to the reference at the same parallelism, peak memory of
    the TaskManager and its Python workers, checkpoint durations, and (cluster) the
    latency phase: notification latency after the deadline passes the watermark and
@@ -41,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 OUT = ROOT / "var" / "bench"
-JOBS = ("reference", "source", "triggers", "profiles")
+JOBS = ("reference", "source", "signals", "triggers", "profiles")
 
 
 def create_topic(bootstrap: str, name: str, partitions: int) -> None:
@@ -132,25 +135,40 @@ def run_reference(settings, topic: str, detached: bool = False) -> None:  # type
         result.wait()
 
 
-def run_source(settings, topic: str) -> None:  # type: ignore[no-untyped-def]
+def run_source(settings, topic: str, bounded: bool) -> None:  # type: ignore[no-untyped-def]
     from jobs.runtime import create_environments
     from jobs.source import EVENT_COLUMNS, EVENT_FIELDS, read_events
 
     env, t_env = create_environments(settings)
     statements = t_env.create_statement_set()
     read_events(t_env, settings, statements, group_id=settings.kafka.group_id, topic=topic,
-                bounded=True, dead_letters=False)
+                bounded=bounded, dead_letters=False)
     columns = ", ".join(f"`{name}` {sql_type}" for name, sql_type in EVENT_COLUMNS)
     t_env.execute_sql(f"CREATE TEMPORARY TABLE sink ({columns}) WITH ('connector' = 'blackhole')")
     fields = ", ".join(f"`{f}`" for f in EVENT_FIELDS)
     statements.add_insert_sql(f"INSERT INTO sink SELECT {fields} FROM events")
     statements.attach_as_datastream()
-    env.execute("bench-source")
+    env.execute("nudge-bench-source")
+
+
+def run_signals(settings, topic: str) -> None:  # type: ignore[no-untyped-def]
+    from jobs.runtime import create_environments
+    from jobs.triggers import SIGNAL_COLUMNS, build_sources, signals
+
+    env, t_env = create_environments(settings)
+    t_env.get_config().set("pipeline.name", "nudge-bench-signals")
+    statements = build_sources(t_env, settings, topic)
+    columns = ", ".join(f"`{column.split()[0]}` {column.split()[1]}"
+                        for column in SIGNAL_COLUMNS)
+    t_env.execute_sql(f"CREATE TEMPORARY TABLE sink ({columns}) WITH ('connector' = 'blackhole')")
+    statements.add_insert("sink", signals(t_env, settings))
+    statements.attach_as_datastream()
+    env.execute("nudge-bench-signals")
 
 
 def run_job(job: str, topic: str, env_name: str = "local", detached: bool = False) -> None:
     """One bounded run of `job` on `topic` (in this process), or with `detached` the
-    reference submitted to a cluster by `flink run` (scripts/bench_cluster.py)."""
+    bench-only jobs submitted to a cluster by `flink run` (scripts/bench_cluster.py)."""
     from config.settings import load_settings
     from jobs.runtime import create_environments
 
@@ -162,7 +180,10 @@ def run_job(job: str, topic: str, env_name: str = "local", detached: bool = Fals
         run_reference(settings, topic, detached)
         return
     if job == "source":
-        run_source(settings, topic)
+        run_source(settings, topic, bounded=not detached)
+        return
+    if job == "signals":
+        run_signals(settings, topic)
         return
     from jobs import profiles, triggers
 
@@ -241,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         if "peak_rss_mb" in r:
             notes.append("peak RSS TM {taskmanager} MB, Python {python_workers} MB".format(
                 **r["peak_rss_mb"]))
+        if r.get("events_per_s_outside_checkpoints") is not None:
+            notes.append(f"{r['events_per_s_outside_checkpoints']:,} events/s outside "
+                         f"checkpoints ({r['checkpointing_share']:.0%} of the run in one)")
         if r.get("checkpoints", {}).get("duration_ms_max") is not None:
             notes.append(f"checkpoints max {r['checkpoints']['duration_ms_max']} ms")
         print(f"{r['job']:10} {r['parallelism']:>2} {r['events_per_s']:>10,} {ratio:>12}  "
@@ -286,8 +310,6 @@ def cluster_bench(args: argparse.Namespace, settings, jobs: list[str], topic: st
     results = []
     for parallelism in parallelisms:
         for job in jobs:
-            if job == "source":
-                continue  # a stage of both jobs, measured with --target minicluster
             r = bench_cluster.throughput_run(job, topic, args.events, parallelism,
                                              args.max_seconds)
             r["events"] = args.events

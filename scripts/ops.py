@@ -117,7 +117,9 @@ def wait_running(job_id: str, wait_s: float) -> bool:
 def cancel(job_id: str, wait_s: float = 60) -> None:
     """Cancel `job_id` and wait until it has ended (its slots are free again). On the
     local stack, a TaskManager the cancel killed is started again
-    (`stack.ensure_taskmanager`)."""
+    (`stack.ensure_taskmanager`). A job that has already ended is left as it is."""
+    if rest(f"/jobs/{job_id}")["state"] in ("CANCELED", "FAILED", "FINISHED"):
+        return
     rest(f"/jobs/{job_id}?mode=cancel", "PATCH")
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
