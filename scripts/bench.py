@@ -151,13 +151,13 @@ def run_source(settings, topic: str, bounded: bool) -> None:  # type: ignore[no-
     env.execute("nudge-bench-source")
 
 
-def run_signals(settings, topic: str) -> None:  # type: ignore[no-untyped-def]
+def run_signals(settings, topic: str, bounded: bool) -> None:  # type: ignore[no-untyped-def]
     from jobs.runtime import create_environments
     from jobs.triggers import SIGNAL_COLUMNS, build_sources, signals
 
     env, t_env = create_environments(settings)
     t_env.get_config().set("pipeline.name", "nudge-bench-signals")
-    statements = build_sources(t_env, settings, topic)
+    statements = build_sources(t_env, settings, topic, bounded)
     columns = ", ".join(f"`{column.split()[0]}` {column.split()[1]}"
                         for column in SIGNAL_COLUMNS)
     t_env.execute_sql(f"CREATE TEMPORARY TABLE sink ({columns}) WITH ('connector' = 'blackhole')")
@@ -183,7 +183,7 @@ def run_job(job: str, topic: str, env_name: str = "local", detached: bool = Fals
         run_source(settings, topic, bounded=not detached)
         return
     if job == "signals":
-        run_signals(settings, topic)
+        run_signals(settings, topic, bounded=not detached)
         return
     from jobs import profiles, triggers
 
