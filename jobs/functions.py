@@ -63,10 +63,8 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         self.pipelined_commit = settings.flink.python_pipelined_state_commit
 
     def open(self, runtime_context: Any) -> None:
-        from jobs.state_commit import install
+        from jobs import state_commit
         from udfs.rules import TRIGGERS
-
-        pipelined = self.pipelined_commit and install()
 
         # All of a user's state in one ValueState: one cold read per signal, not four.
         # pending is {ts: [items]} (a dict in the record, not a MapState, whose misses
@@ -90,7 +88,7 @@ class TriggerFunction(KeyedProcessFunction):  # type: ignore[misc]
         self.latency = group.distribution("emit_latency_ms")
         self.last_latency = 0
         group.gauge("last_emit_latency_ms", lambda: self.last_latency)
-        group.gauge("pipelined_state_commit", lambda: int(pipelined))
+        state_commit.use(self.pipelined_commit, group)
         self.resolver = None
         if self.avro:
             from schemas import SCHEMA_DIR

@@ -287,10 +287,8 @@ class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
         self.pipelined_commit = settings.flink.python_pipelined_state_commit
 
     def open(self, runtime_context: Any) -> None:
-        from jobs.state_commit import install
+        from jobs import state_commit
         from udfs.profile_store import ProfileStore
-
-        pipelined = self.pipelined_commit and install()
 
         # All of a user's state in one ValueState: one cold read per slice, not three.
         self.record = KeyedRecord(runtime_context, "user", ("profile", "consent", "erased"))
@@ -302,7 +300,7 @@ class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
         self.erasures = group.counter("erasures")
         self.dropped_erased = group.counter("dropped_erased")
         self.cleared_idle = group.counter("cleared_idle")
-        group.gauge("pipelined_state_commit", lambda: int(pipelined))
+        state_commit.use(self.pipelined_commit, group)
         self.ops = ProfileStore(None, self.key_prefix, self.ttl_ms)  # builds ops only
 
     def _profile(self) -> Any:

@@ -48,6 +48,14 @@ def install() -> bool:
     return True
 
 
+def use(enabled: bool, metrics_group: Any) -> None:
+    """For a keyed function's ``open``: install the pipelined commit when ``enabled``
+    (``flink.python_pipelined_state_commit``) and report which commit runs in the gauge
+    ``pipelined_state_commit`` (1 pipelined, 0 PyFlink's own)."""
+    pipelined = enabled and install()
+    metrics_group.gauge("pipelined_state_commit", lambda: int(pipelined))
+
+
 def pipelined_commit(backend: Any) -> None:
     """``RemoteKeyedStateBackend.commit`` with the waits moved after the sends: the same
     states in the same order, each bag state's clear/extend sent without waiting, then
