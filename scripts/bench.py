@@ -153,13 +153,14 @@ def run_source(settings, topic: str, bounded: bool) -> None:  # type: ignore[no-
 
 def run_signals(settings, topic: str, bounded: bool) -> None:  # type: ignore[no-untyped-def]
     from jobs.runtime import create_environments
+    from jobs.source import q
     from jobs.triggers import SIGNAL_COLUMNS, build_sources, signals
 
     env, t_env = create_environments(settings)
     t_env.get_config().set("pipeline.name", "nudge-bench-signals")
     statements = build_sources(t_env, settings, topic, bounded)
-    columns = ", ".join(f"`{column.split()[0]}` {column.split()[1]}"
-                        for column in SIGNAL_COLUMNS)
+    columns = ", ".join(f"{q(name)} {sql_type}"
+                        for name, sql_type in (column.split(" ") for column in SIGNAL_COLUMNS))
     t_env.execute_sql(f"CREATE TEMPORARY TABLE sink ({columns}) WITH ('connector' = 'blackhole')")
     statements.add_insert("sink", signals(t_env, settings))
     statements.attach_as_datastream()

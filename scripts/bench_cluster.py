@@ -135,7 +135,7 @@ def rate_outside_checkpoints(samples: list[tuple[float, int, bool]], events: int
     checkpoint takes 15–45 s and the job crawls meanwhile, so the drain rate of a short
     run depends on how many checkpoints fall into it; this rate does not (much)."""
     moved = [(b[0] - a[0], min(b[1], events) - min(a[1], events), a[2] or b[2])
-             for a, b in zip(samples, samples[1:], strict=False) if a[1] > 0 and a[1] < events]
+             for a, b in zip(samples, samples[1:], strict=False) if 0 < a[1] < events]
     quiet = [(dt, dn) for dt, dn, checkpointing in moved if not checkpointing]
     total, quiet_s = sum(dt for dt, _, _ in moved), sum(dt for dt, _ in quiet)
     return {"events_per_s_outside_checkpoints":
