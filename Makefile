@@ -8,6 +8,9 @@ PY     := $(VENV)/bin/python
 STACK  := $(PY) scripts/stack.py
 SETUP_STAMP := $(VENV)/.installed
 JARS_STAMP  := build/jars/.fetched
+# nudge's Flink operator (jobs/java/), compiled against the PyFlink wheel's own jars.
+OPERATOR_JAR := build/jars/flink/nudge-flink-operators.jar
+OPERATOR_SRC := $(shell find jobs/java -name '*.java')
 
 # Demo knobs: `make demo EVENTS=20000`
 EVENTS ?= 5000
@@ -29,12 +32,19 @@ $(SETUP_STAMP): requirements.txt constraints.txt
 	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
 	@touch $@
 
-jars: $(JARS_STAMP) ## Fetch the Flink Kafka connector and the Kafka broker jars (Maven Central)
+jars: $(JARS_STAMP) $(OPERATOR_JAR) ## Fetch the Kafka connector and broker jars (Maven Central); build nudge's operator jar
 $(JARS_STAMP): pom.xml
 	@command -v mvn >/dev/null || { echo "error: mvn not found; install Maven (apt-get install maven)"; exit 1; }
 	rm -rf build/jars
 	mvn -q -B -f pom.xml package
 	@touch $@
+
+$(OPERATOR_JAR): $(OPERATOR_SRC) $(JARS_STAMP) $(SETUP_STAMP)
+	@command -v javac >/dev/null || { echo "error: javac not found; install a JDK 17 (apt-get install openjdk-17-jdk-headless)"; exit 1; }
+	rm -rf build/classes
+	flink=$$($(PY) -c 'import os, pyflink; print(os.path.dirname(pyflink.__file__))') && \
+	  javac --release 11 -Xlint:all -Werror -cp "$$flink/lib/*:$$flink/opt/*" -d build/classes $(OPERATOR_SRC)
+	jar cf $@ -C build/classes .
 
 lock: setup ## Re-record the exact installed versions in constraints.txt
 	$(PY) -m pip freeze --exclude-editable > constraints.txt

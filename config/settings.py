@@ -185,6 +185,7 @@ class FlinkSettings:
     python_bundle_time_ms: int
     python_state_cache_size: int
     python_pipelined_state_commit: bool
+    python_snapshot_safe_timers: bool
     checkpoint_dir: str
     checkpoint_timeout_ms: int
     checkpoint_min_pause_ms: int

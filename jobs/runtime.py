@@ -93,6 +93,8 @@ def create_environments(settings: Settings) -> tuple[Any, Any]:
     for key, value in checkpoint_options(f).items():
         conf.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
+    if f.python_snapshot_safe_timers and f.python_execution_mode == "process":
+        use_snapshot_safe_operator()
     env.set_parallelism(f.parallelism)
     env.get_config().set_auto_watermark_interval(f.watermark_interval_ms)
     env.enable_checkpointing(f.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
@@ -104,13 +106,28 @@ def create_environments(settings: Settings) -> tuple[Any, Any]:
     return env, t_env
 
 
+def use_snapshot_safe_operator() -> None:
+    """Keyed Python functions built from here on keep the timers of the bundle flushed at
+    a checkpoint barrier in that checkpoint (jobs/snapshot_safe.py); without the operator
+    the job does not start."""
+    from jobs import snapshot_safe
+
+    try:
+        snapshot_safe.install()
+        log.info("keyed Python functions run in %s", snapshot_safe.OPERATOR)
+    except snapshot_safe.SnapshotSafeError as exc:
+        raise SettingsError(
+            f"setting flink.python_snapshot_safe_timers: {exc} (false runs PyFlink's "
+            "operator, whose timers a restore can lose: docs/guarantees.md)") from exc
+
+
 def run_job(name: str, build: Builder, argv: Sequence[str] | None, description: str) -> None:
     """Parse the command line, load settings, build the pipeline and execute it."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(description, argv)
     settings = settings_or_exit(args.env)
-    env, t_env = create_environments(settings)
     try:
+        env, t_env = create_environments(settings)
         build(env, t_env, settings)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -31,6 +31,7 @@ import yaml
 from packaging.specifiers import SpecifierSet
 
 from config.settings import ENVIRONMENTS, SettingsError, load_settings
+from jobs import snapshot_safe
 from scripts import stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -455,8 +456,31 @@ def test_connector_version_matches_pom(dockerfile: Dockerfile) -> None:
                for i in jar_stage.instructions)
     # The local stack fetches the same jar; docker adds none to the job (it is in lib/).
     base = yaml.safe_load((ROOT / "config" / "base.yaml").read_text())
-    assert [PurePosixPath(j).name for j in base["flink"]["jars"]] == [jar]
+    assert [PurePosixPath(j).name for j in base["flink"]["jars"]] == [
+        jar, PurePosixPath(snapshot_safe.JAR).name]
     assert load_settings("docker", {}).flink.jars == ()
+
+
+def test_operator_jar_is_built_and_put_in_lib(dockerfile: Dockerfile) -> None:
+    """The image builds nudge's operator from jobs/java/ against its own Flink's jars and
+    puts it where config/docker.yaml expects it: in lib/ (flink.jars is empty)."""
+    jar = PurePosixPath(snapshot_safe.JAR).name
+    into_lib = [(copy_parts(i)[0].get("from"), copy_parts(i)[2])
+                for i in final_stage(dockerfile).instructions
+                if i.keyword == "COPY" and any(PurePosixPath(s).name == jar
+                                               for s in copy_parts(i)[1])]
+    assert into_lib == [("jars", "/opt/flink/lib/")]
+    jar_stage = next(s for s in dockerfile.stages if s.name == "jars")
+    copies = [copy_parts(i) for i in jar_stage.instructions if i.keyword == "COPY"]
+    assert ({"from": "flink"}, ["/opt/flink/opt"], "/flink/opt") in copies
+    assert ({}, ["jobs/java"], "jobs/java") in copies
+    build = " ".join(i.args for i in jar_stage.instructions if i.keyword == "RUN")
+    assert "javac" in build and "find jobs/java -name '*.java'" in build
+    assert f"jar cf build/jars/flink/{jar}" in build
+    flink_stage = next(s for s in dockerfile.stages if s.name == "flink")
+    assert flink_stage.image == final_stage(dockerfile).image
+    # `make jars` builds the same file the settings and the image name.
+    assert f"OPERATOR_JAR := {snapshot_safe.JAR}" in (ROOT / "Makefile").read_text()
 
 
 def pinned(path: Path, package: str) -> str | None:
