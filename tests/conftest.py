@@ -114,14 +114,18 @@ def redis_client(stack: dict[str, str]) -> Iterator[object]:
     client.close()
 
 
+def child_environ() -> dict[str, str]:
+    """This process's environment for a PyFlink program run as a subprocess, without
+    PyFlink's own variables: an in-process PyFlink (pipeline tests) sets some that would
+    stop the child from launching its gateway."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYFLINK_")}
+
+
 @pytest.fixture
 def test_environ(stack: dict[str, str]) -> dict[str, str]:
-    """Environment for a job run as a subprocess: the stack's addresses. PyFlink's own
-    variables are left out: an in-process PyFlink (pipeline tests) sets some that would
-    stop the child from launching its gateway."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PYFLINK_")}
-    return {**inherited, "NUDGE_ENV": "local", "NUDGE_KAFKA__BOOTSTRAP": stack["bootstrap"],
-            "NUDGE_REDIS__URL": stack["redis_url"]}
+    """Environment for a job run as a subprocess: the stack's addresses."""
+    return {**child_environ(), "NUDGE_ENV": "local", "NUDGE_KAFKA__BOOTSTRAP":
+            stack["bootstrap"], "NUDGE_REDIS__URL": stack["redis_url"]}
 
 
 @pytest.fixture

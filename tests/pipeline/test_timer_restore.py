@@ -13,13 +13,12 @@ docs/guarantees.md); with nudge's operator every timer fires.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, child_environ
 
 pytestmark = pytest.mark.pipeline
 
@@ -31,7 +30,7 @@ def test_timers_of_the_barrier_bundle_survive_a_restore() -> None:
         [sys.executable, "scripts/timer_restore_check.py", "--snapshot-safe",
          "--events", str(EVENTS), "--keys", "5000", "--rate", "2000",
          "--bundle-size", "1000", "--timer-delay", "1000000000", "--fail-at", "8000"],
-        cwd=ROOT, capture_output=True, text=True, timeout=540)
+        cwd=ROOT, env=child_environ(), capture_output=True, text=True, timeout=540)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, f"no result (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
     result = json.loads(lines[-1])
@@ -47,7 +46,7 @@ def test_a_job_without_the_operator_jar_does_not_start() -> None:
     connector_only = "build/jars/flink/flink-sql-connector-kafka-5.0.0-2.2.jar"
     proc = subprocess.run(
         [sys.executable, "-m", "jobs.triggers"], cwd=ROOT, capture_output=True, text=True,
-        timeout=120, env={**os.environ, "NUDGE_FLINK__JARS": connector_only})
+        timeout=120, env={**child_environ(), "NUDGE_FLINK__JARS": connector_only})
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "setting flink.python_snapshot_safe_timers" in proc.stderr
     assert "SnapshotSafePythonKeyedProcessOperator not found" in proc.stderr
