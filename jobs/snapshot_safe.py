@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
-PYFLINK_VERSION = "2.2.1"
+from jobs.state_commit import PYFLINK_VERSION  # the version both patches are written for
+
 OPERATOR = "dev.nudge.flink.SnapshotSafePythonKeyedProcessOperator"
 PYFLINK_OPERATOR = ("org.apache.flink.streaming.api.operators.python.process."
                     "ExternalPythonKeyedProcessOperator")
@@ -43,6 +44,7 @@ def install() -> None:
     or on the cluster's class path; raises ``SnapshotSafeError`` when PyFlink is not
     2.2.1 or the class cannot be loaded."""
     from pyflink.datastream import data_stream
+    from pyflink.fn_execution.flink_fn_execution_pb2 import UserDefinedDataStreamFunction
     from pyflink.version import __version__
 
     if getattr(data_stream._get_one_input_stream_operator, "snapshot_safe", False):
@@ -52,9 +54,6 @@ def install() -> None:
                                 f"{PYFLINK_VERSION} only")
     operator_class()
     original = data_stream._get_one_input_stream_operator
-
-    from pyflink.fn_execution.flink_fn_execution_pb2 import UserDefinedDataStreamFunction
-
     keyed_process = UserDefinedDataStreamFunction.KEYED_PROCESS  # windows keep PyFlink's
 
     def snapshot_safe_operator(stream: Any, func: Any, func_type: int,
