@@ -82,22 +82,30 @@ class CountAndTimer(KeyedProcessFunction):  # type: ignore[misc]
             ValueStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
         name = f"fired.{runtime_context.get_index_of_this_subtask()}.{os.getpid()}"
         self.out = open(os.path.join(self.out_dir, name), "a", buffering=1)  # noqa: SIM115
+        self.failed: set[int] = set()  # values of --fail-at whose marker file was seen
 
     def process_element(self, value: int, ctx: Any) -> Any:
-        due = [f for f in self.fail_at if f <= value
-               and not os.path.exists(os.path.join(self.out_dir, f"failed.{f}"))]
-        # Fail once per value of --fail-at, at the first element at or after it that comes
-        # after a completed checkpoint, so the restore always starts from a checkpoint.
-        if due and glob.glob(os.path.join(self.out_dir, "checkpoints", "*", "chk-*",
-                                          "_metadata")):
-            open(os.path.join(self.out_dir, f"failed.{min(due)}"), "w").close()
-            raise RuntimeError(f"injected failure at {value}")
+        if any(f <= value and f not in self.failed for f in self.fail_at):
+            self.fail_if_due(value)
         self.count.update((self.count.value() or 0) + 1)
         pending = self.pending.value() or {}
         pending[value + self.delay] = value
         self.pending.update(pending)
         ctx.timer_service().register_event_time_timer(value + self.delay)
         return iter(())
+
+    def fail_if_due(self, value: int) -> None:
+        """Fail once per value of --fail-at, at the first element at or after it that comes
+        after a completed checkpoint, so the restore always starts from a checkpoint. The
+        markers are files: every subtask, and a worker started after the restore, sees
+        them; once seen, a value is not looked up again for every element."""
+        self.failed |= {f for f in self.fail_at
+                        if os.path.exists(os.path.join(self.out_dir, f"failed.{f}"))}
+        due = [f for f in self.fail_at if f <= value and f not in self.failed]
+        if due and glob.glob(os.path.join(self.out_dir, "checkpoints", "*", "chk-*",
+                                          "_metadata")):
+            open(os.path.join(self.out_dir, f"failed.{min(due)}"), "w").close()
+            raise RuntimeError(f"injected failure at {value}")
 
     def on_timer(self, timestamp: int, ctx: Any) -> Any:
         pending = self.pending.value() or {}
