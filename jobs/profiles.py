@@ -2,6 +2,7 @@
 the Redis hash ``profile:<user_id>``.
 
     events ─► source stage (jobs/source.py) ─► TUMBLE 1 min per user (JVM) ─► slices ─┐
+           ├─ late events (their slice already cut) ──────────────────────► late ─────┤
            └─ events stating consent ─────────────────────────────────────► consent ──┤
     privacy ─► consent changes, erasure requests (jobs/source.py) ────────────────────┤
     notifications (read_committed) ─ cart_abandoned ──────────────────────────────────┤
@@ -15,6 +16,12 @@ the Redis hash ``profile:<user_id>``.
 
 Flink SQL reduces the events to one row per user and minute with activity; Python sees
 those rows and writes each window as the watermark passes its end.
+
+This job follows the contract's watermark (highest ts − 10 s), not the triggers job's
+(− 70 s, which waits out the allowed lateness): a profile can be corrected, a
+notification cannot. An event up to the allowed lateness behind the watermark whose
+minute was already cut comes as a 'late' row of its own; it joins its slice, and every
+window already written that holds it is written again at once (udfs.profile.add_late).
 
     python -m jobs.profiles              # local minicluster, until Ctrl-C
 """
@@ -49,6 +56,8 @@ from jobs.source import (  # noqa: E402
 from jobs.tombstone import Tombstone  # noqa: E402
 
 JOB_NAME = "nudge-profiles"
+# The notifications input goes idle after this long without records (cart_abandonments)
+NOTIFICATIONS_IDLE_MS = 1000
 # What the profile function emits: one Redis operation (udfs/profile_store.py) per row.
 OP_FIELDS = ("op", "key", "args")
 
@@ -75,9 +84,33 @@ def profile_rules(settings: Settings) -> Any:
 
 
 def slices(t_env: Any, settings: Settings) -> Any:
-    """One row per user and slice (1 min) with events: the counts every window sums."""
+    """One row per user and slice (1 min) with events: the counts every window sums; and
+    one 'late' row (a slice of one event) per event that comes after its slice was cut.
+
+    The TUMBLE window drops an event whose window has fired (the watermark reached its
+    end − 1 ms). Each event is routed by the same test against the watermark here, where
+    it is never behind the window's own (the window sees watermarks after this filter
+    has), so every event is counted exactly once: by the window or as a late row."""
     slice_ms = profile_rules(settings).slice_ms
     viewed = "event_type = 'product_view' AND category IS NOT NULL AND category <> ''"
+    cut = ("CURRENT_WATERMARK(rowtime) IS NOT NULL AND TO_TIMESTAMP_LTZ("
+           f"ts - MOD(ts, {slice_ms}) + {slice_ms - 1}, 3) <= CURRENT_WATERMARK(rowtime)")
+    t_env.create_temporary_view("on_time_events", t_env.sql_query(
+        f"SELECT * FROM events WHERE NOT ({cut})"))
+
+    def per_type(event_type: str) -> str:
+        return f"CAST(CASE WHEN event_type = '{event_type}' THEN 1 ELSE 0 END AS BIGINT)"
+
+    late = t_env.sql_query(f"""
+        SELECT {select_as(
+            SIGNAL_COLUMNS, kind="'late'", user_id='user_id', ts='ts',
+            events='CAST(1 AS BIGINT)', product_views=per_type('product_view'),
+            carts=per_type('add_to_cart'), purchases=per_type('purchase'),
+            revenue="CAST(CASE WHEN event_type = 'purchase' THEN COALESCE(order_total, 0) "
+                    "ELSE 0 END AS DOUBLE)",
+            first_ts='ts', last_ts='ts',
+            views=f"CASE WHEN {viewed} THEN CONCAT('[', JSON_ARRAY(ts, category), ']') END")}
+        FROM events WHERE {cut}""")
     return t_env.sql_query(f"""
         SELECT {select_as(
             SIGNAL_COLUMNS, kind="'slice'", user_id='user_id', ts='first_ts', events='n',
@@ -93,8 +126,9 @@ def slices(t_env: Any, settings: Settings) -> Any:
                    AS revenue,
                  MIN(ts) AS first_ts, MAX(ts) AS last_ts,
                  LISTAGG(JSON_ARRAY(ts, category)) FILTER (WHERE {viewed}) AS `views`
-          FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(rowtime), {sql_interval(slice_ms)}))
-          GROUP BY user_id, window_start, window_end)""")
+          FROM TABLE(TUMBLE(TABLE on_time_events, DESCRIPTOR(rowtime),
+                            {sql_interval(slice_ms)}))
+          GROUP BY user_id, window_start, window_end)""").union_all(late)
 
 
 def consent_changes(t_env: Any) -> Any:
@@ -116,8 +150,17 @@ def privacy_requests(t_env: Any) -> Any:
 
 
 def cart_abandonments(t_env: Any, settings: Settings, bounded: bool = False) -> Any:
-    """cart_abandoned notifications, for the cart_abandoner segment (read_committed)."""
-    delay = settings.events.watermark_delay_ms + settings.events.allowed_lateness_ms
+    """cart_abandoned notifications, for the cart_abandoner segment (read_committed).
+
+    A notification reaches this job a checkpoint or more after its `fired_at` passed the
+    triggers job's watermark (70 s behind the newest event), far behind this job's own
+    (10 s). It needs no event-time order — the segment is written when it arrives and at
+    every later write, from `fired_at` — so this input must not hold the job's event time
+    back: it goes idle after a second without records, and when it wakes up its
+    watermark is behind the job's, so Flink ignores it until it catches up (which it
+    does not). Its watermark is still `fired_at`-based, never ahead of the events: were
+    it ahead, it would run the job's event time forward whenever the events idle."""
+    delay = settings.events.watermark_delay_ms
     bounded_option = "\n          'scan.bounded.mode' = 'latest-offset'," if bounded else ""
     t_env.execute_sql(f"""
         CREATE TEMPORARY TABLE notifications_in (
@@ -134,6 +177,7 @@ def cart_abandonments(t_env: Any, settings: Settings, bounded: bool = False) -> 
           'properties.auto.offset.reset' = '{settings.kafka.starting_offsets}',
           'properties.isolation.level' = 'read_committed',
           'scan.startup.mode' = 'group-offsets',{bounded_option}
+          'scan.watermark.idle-timeout' = '{NOTIFICATIONS_IDLE_MS} ms',
           'format' = 'raw'
         )""")
     return t_env.sql_query(f"""
@@ -198,10 +242,12 @@ def build(env: Any, t_env: Any, settings: Settings, topic: str | None = None,
     current at start-up) are for tests and benchmarks."""
     statements = t_env.create_statement_set()
     # The triggers job dead-letters what the source stage rejects; this one only counts.
+    # The contract's watermark, not held back by the allowed lateness (module docstring).
     read_events(t_env, settings, statements, group_id=f"{settings.kafka.group_id}-profiles",
-                topic=topic, bounded=bounded, dead_letters=False)
+                topic=topic, bounded=bounded, dead_letters=False, hold_lateness=False)
     read_privacy(t_env, settings, statements, group_id=f"{settings.kafka.group_id}-profiles",
-                 topic=privacy_topic, bounded=bounded, dead_letters=False)
+                 topic=privacy_topic, bounded=bounded, dead_letters=False,
+                 hold_lateness=False)
     write_to_redis(t_env, settings, statements, build_profiles(t_env, settings, bounded))
     statements.attach_as_datastream()
 
@@ -296,6 +342,7 @@ class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
         self.tombstone = Tombstone(erased, self.privacy.erasure_tombstone_ms)
         group = runtime_context.get_metrics_group().add_group("nudge")
         self.slices_in = group.counter("slices_in")
+        self.late_in = group.counter("late_events_in")
         self.zeroed = group.counter("windows_zeroed")
         self.erasures = group.counter("erasures")
         self.dropped_erased = group.counter("dropped_erased")
@@ -330,22 +377,28 @@ class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
         if kind == "erasure":
             yield from self._erase(row[TS], ctx)
             return
-        begins = row[FIRST_TS] if kind == "slice" else row[TS]
+        begins = row[FIRST_TS] if kind in ("slice", "late") else row[TS]
         if self.tombstone.covers(begins):
             self.dropped_erased.inc()
             return
         timers = ctx.timer_service()
-        if kind == "slice":
+        if kind in ("slice", "late"):
             if not self._granted():
                 return
-            self.slices_in.inc()
             first_ts = row[FIRST_TS]
             start = first_ts - first_ts % self.rules.slice_ms
             # NULL when the slice has no categorised product view
             views = tuple((int(ts), str(cat)) for ts, cat in json.loads(row[VIEWS] or "[]"))
             piece = profile.Slice(start, row[EVENTS], row[PRODUCT_VIEWS], row[CARTS],
                                   row[PURCHASES], row[REVENUE], first_ts, row[LAST_TS], views)
-            state = profile.add_slice(self._profile(), piece, self.rules)
+            if kind == "slice":
+                self.slices_in.inc()
+                state = profile.add_slice(self._profile(), piece, self.rules)
+            else:
+                self.late_in.inc()
+                state, write = profile.add_late(self._profile(), piece, self.rules)
+                if write is not None:
+                    yield self._row(self.ops.write_op(ctx.get_current_key(), write))
             self.state.update(state.to_state())
             timer = profile.next_timer(state, self.rules, after=start)
             if timer is not None:
@@ -358,6 +411,10 @@ class ProfileFunction(KeyedProcessFunction):  # type: ignore[misc]
             state = profile.on_cart_abandoned(self._profile(), row[TS])
             self.state.update(state.to_state())
             timers.register_event_time_timer(idle_timer(row[TS], self.idle_ms))
+            # The segment now, not only at the user's next window end (there may be none)
+            write = profile.segments_write(state, self.rules, row[TS])
+            if write is not None and self._granted():
+                yield self._row(self.ops.write_op(ctx.get_current_key(), write))
 
     def _on_consent(self, ts: int, granted: bool, user_id: str, timers: Any) -> Any:
         from udfs.privacy import idle_timer

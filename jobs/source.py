@@ -15,10 +15,17 @@ Decoding and validation stay in Python (`udfs.events`): one set of rules gives e
 rejection its reason, for JSON and Avro alike. Everything after parsing runs in the JVM.
 
 Lateness: the contract counts an event as late when it is more than the allowed
-lateness (60 s) behind a watermark that trails the highest ts by 10 s. We emit exactly
-that combined watermark (highest ts − 70 s) downstream, so "late" is simply "behind the
-watermark" and every operator after this stage sees on-time events only; firings carry
-their event-time ``fired_at`` and do not depend on this choice (see docs/design.md).
+lateness (60 s) behind a watermark that trails the highest ts by 10 s. A job chooses how
+its watermark treats the events in between (``hold_lateness``):
+
+- held (the triggers job): we emit the combined watermark (highest ts − 70 s)
+  downstream, so "late" is simply "behind the watermark" and every operator after this
+  stage sees on-time events in event-time order. A firing cannot be taken back, so it
+  waits until no event that could cancel it can still come; firings carry their
+  event-time ``fired_at`` and do not depend on this choice (see docs/design.md).
+- not held (the profiles job): the contract's watermark itself (highest ts − 10 s), and
+  the view keeps events up to the allowed lateness behind it; the job must handle those
+  itself. A Redis profile can be corrected, so it follows the contract's watermark.
 """
 
 from __future__ import annotations
@@ -114,15 +121,17 @@ KAFKA_MS = "(EXTRACT(EPOCH FROM kafka_ts) * 1000 + EXTRACT(MILLISECOND FROM kafk
 JSON_TS = "TRY_CAST(JSON_VALUE(CAST(`v` AS STRING), '$.ts') AS BIGINT)"
 
 
-def watermark_lag_ms(settings: Settings) -> int:
-    """How far the watermark trails the highest event time: the watermark delay plus the
-    allowed lateness (see the module docstring)."""
-    return settings.events.watermark_delay_ms + settings.events.allowed_lateness_ms
+def watermark_lag_ms(settings: Settings, hold_lateness: bool = True) -> int:
+    """How far the watermark trails the highest event time: the watermark delay, plus the
+    allowed lateness when the job holds its watermark back for late events (see the
+    module docstring)."""
+    events = settings.events
+    return events.watermark_delay_ms + (events.allowed_lateness_ms if hold_lateness else 0)
 
 
 def create_raw_source(t_env: Any, settings: Settings, name: str, topic: str,
                       group_id: str, bounded: bool = False,
-                      startup: str = "group-offsets") -> None:
+                      startup: str = "group-offsets", hold_lateness: bool = True) -> None:
     """A table of the topic's records as raw bytes with their Kafka coordinates.
 
     With `startup` group-offsets, a consumer group without committed offsets starts at
@@ -135,9 +144,10 @@ def create_raw_source(t_env: Any, settings: Settings, name: str, topic: str,
     Watermarks are made here, per partition, from a JVM-side look at each record's time
     (`est_time`): the integer `ts` of a JSON record (no Python involved), else the Kafka
     record timestamp (Avro records, ISO-8601 `ts`). They trail the highest time seen by
-    the watermark delay plus the allowed lateness; see the module docstring.
+    the watermark delay (plus the allowed lateness with `hold_lateness`); see the module
+    docstring.
     """
-    delay_ms = watermark_lag_ms(settings)
+    delay_ms = watermark_lag_ms(settings, hold_lateness)
     max_future = settings.events.max_future_ms
     # Bounded: stop at the offsets that are the latest at start-up (tests, benchmarks).
     bounded_option = "\n          'scan.bounded.mode' = 'latest-offset'," if bounded else ""
@@ -213,13 +223,15 @@ def _dlq_select(view: str, error_sql: str) -> str:
 
 def read_events(t_env: Any, settings: Settings, statements: Any, group_id: str,
                 topic: str | None = None, prefix: str = "", bounded: bool = False,
-                dead_letters: bool = True) -> Any:
+                dead_letters: bool = True, hold_lateness: bool = True) -> Any:
     """Build the source stage; return the table of valid, on-time, unique events.
 
     `statements` is the job's StatementSet: the two DLQ inserts are added to it. Both
     jobs read the same topic; only one of them (the triggers job) should dead-letter
     what it rejects, or every bad record would land on the DLQ twice: the other passes
     `dead_letters=False` and only counts its rejections.
+    `hold_lateness`: see the module docstring; either way, events more than the allowed
+    lateness behind the contract's watermark are `late` and never reach the view.
     The result is also registered as the view `<prefix>events`.
     """
     from pyflink.table import Schema
@@ -227,7 +239,8 @@ def read_events(t_env: Any, settings: Settings, statements: Any, group_id: str,
     topic = topic or settings.topics.events
     raw, parsed, unique = f"{prefix}events_raw", f"{prefix}events_parsed", f"{prefix}unique"
     dlq = f"{prefix}dlq"
-    create_raw_source(t_env, settings, raw, topic, group_id, bounded)
+    create_raw_source(t_env, settings, raw, topic, group_id, bounded,
+                      hold_lateness=hold_lateness)
     if dead_letters:
         create_dlq_sink(t_env, settings, dlq)
         # Late events go to the same topic through a sink of their own, so that its
@@ -273,6 +286,8 @@ def read_events(t_env: Any, settings: Settings, statements: Any, group_id: str,
         .build())
     t_env.create_temporary_view(unique, timed)
     late = "rowtime < CURRENT_WATERMARK(rowtime)"
+    if not hold_lateness:
+        late += f" - {sql_interval(settings.events.allowed_lateness_ms)}"
     if dead_letters:
         statements.add_insert_sql(
             f"INSERT INTO {q(dlq + '_late')} {_dlq_select(unique, quote_literal('late'))} "
@@ -327,7 +342,7 @@ def _parse_privacy_function(settings: Settings) -> Any:
 
 def read_privacy(t_env: Any, settings: Settings, statements: Any, group_id: str,
                  topic: str | None = None, bounded: bool = False,
-                 dead_letters: bool = True) -> Any:
+                 dead_letters: bool = True, hold_lateness: bool = True) -> Any:
     """The privacy topic's consent changes and erasure requests: valid requests as the
     view `privacy` (columns PRIVACY_COLUMNS), malformed ones to the DLQ (`dead_letters`,
     as for events). Watermarks come from the requests' ts like the events', so requests
@@ -342,7 +357,7 @@ def read_privacy(t_env: Any, settings: Settings, statements: Any, group_id: str,
 
     topic = topic or settings.topics.privacy
     create_raw_source(t_env, settings, "privacy_raw", topic, group_id, bounded,
-                      startup="earliest-offset")
+                      startup="earliest-offset", hold_lateness=hold_lateness)
     t_env.create_temporary_function("parse_privacy", _parse_privacy_function(settings))
     names = [c.split(" ")[0] for c in PRIVACY_COLUMNS]
     decoded = t_env.sql_query(f"""

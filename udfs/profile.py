@@ -15,7 +15,12 @@ kept in ``ProfileState``:
 ``window(state, spec, end)`` sums the slices of the window ending at ``end``. A window
 with no slice reads 0 (and an empty top category): that is how values decay to 0 when a
 user goes quiet, instead of going stale. Lifetime figures add each slice once, when it
-arrives; slices carry their own start, so a slice seen twice (a replay) is ignored.
+arrives.
+
+Late events: the profiles job follows the contract's watermark, so an event up to the
+allowed lateness behind it can come after its slice was handed over. It arrives as a
+slice of its own (one event) and joins the slice kept for its minute (``add_slice``
+merges); ``add_late`` also writes again, at once, every written window that holds it.
 
 Everything takes time as an argument (ms, event time); nothing reads a clock.
 
@@ -171,13 +176,25 @@ class ProfileState:
             views_long=int(data["views_long"]))
 
 
-def add_slice(state: ProfileState, new: Slice, rules: ProfileRules) -> ProfileState:
-    """Add a slice: lifetime figures grow, the slice is kept for the windows.
+def merge(a: Slice, b: Slice) -> Slice:
+    """Two parts of one minute's slice (the same start) as one."""
+    return Slice(a.start, a.events + b.events, a.product_views + b.product_views,
+                 a.carts + b.carts, a.purchases + b.purchases, a.revenue + b.revenue,
+                 min(a.first_ts, b.first_ts), max(a.last_ts, b.last_ts),
+                 tuple(sorted((*a.views, *b.views))))
 
-    A slice whose start is already kept is a replay and changes nothing.
+
+def add_slice(state: ProfileState, new: Slice, rules: ProfileRules) -> ProfileState:
+    """Add a slice, or a part of one: lifetime figures grow by it, and it is kept for the
+    windows, merged into the slice already kept for the same minute if there is one.
+
+    Nothing here recognises a slice seen twice: Flink's checkpointed state and its
+    replayed input agree (exactly-once state), and a second run of the job starts from
+    nothing and writes absolute values (udfs/profile_store.py).
     """
-    if any(s.start == new.start for s in state.slices):
-        return state
+    kept = [s for s in state.slices if s.start != new.start]
+    same = [s for s in state.slices if s.start == new.start]
+    whole = merge(same[0], new) if same else new
     life = state.lifetime
     life = Lifetime(
         first_seen=new.first_ts if life.first_seen is None else min(life.first_seen,
@@ -186,7 +203,7 @@ def add_slice(state: ProfileState, new: Slice, rules: ProfileRules) -> ProfileSt
         events_total=life.events_total + new.events,
         orders_total=life.orders_total + new.purchases,
         revenue_total=life.revenue_total + new.revenue)
-    slices = tuple(sorted((*state.slices, new), key=lambda s: s.start))
+    slices = tuple(sorted((*kept, whole), key=lambda s: s.start))
     return replace(state, slices=slices, lifetime=life)
 
 
@@ -324,6 +341,40 @@ def catch_up(state: ProfileState, rules: ProfileRules, first_end: int, watermark
     windows = tuple((spec.suffix, newest[spec.suffix]) for spec in rules.families
                     if spec.suffix in newest)
     return state, replace(last, windows=windows), end
+
+
+def add_late(state: ProfileState, piece: Slice, rules: ProfileRules,
+             ) -> tuple[ProfileState, ProfileWrite | None]:
+    """A late event (one event's slice, see the module docstring): add it, and return the
+    write that corrects Redis at once — each family's last written window, if it holds
+    the event, and the lifetime figures and segments — or None when no written window
+    holds it (the window ends still to come include it, and their timers write it)."""
+    state = add_slice(state, piece, rules)
+    parts = []
+    for spec in rules.families:
+        last = state.last_written(spec.suffix)
+        if last is None or not last[0] - spec.size_ms <= piece.start < last[0]:
+            continue
+        figures = window(state, spec, last[0])
+        state = mark_written(state, spec, figures)
+        if spec is rules.long:
+            state = replace(state, views_long=figures.views)
+        parts.append((spec.suffix, figures))
+    if not parts:
+        return state, None
+    at = max(figures.end for _, figures in parts)
+    lifetime = {**state.lifetime.fields(), "segments": ",".join(segments(state, rules, at))}
+    return state, ProfileWrite(tuple(parts), lifetime, state.lifetime.events_total)
+
+
+def segments_write(state: ProfileState, rules: ProfileRules, at: int,
+                   ) -> ProfileWrite | None:
+    """The lifetime figures and segments as of ``at``, without window fields: what a
+    ``cart_abandoned`` arriving changes. None for a user without a profile."""
+    if state.lifetime.first_seen is None:
+        return None
+    lifetime = {**state.lifetime.fields(), "segments": ",".join(segments(state, rules, at))}
+    return ProfileWrite((), lifetime, state.lifetime.events_total)
 
 
 def on_cart_abandoned(state: ProfileState, fired_at: int) -> ProfileState:

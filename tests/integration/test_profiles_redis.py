@@ -12,8 +12,12 @@ $ purchase, p page_view):
         0
 
 Phase 1: a clock event at T0 + 20 min on every partition moves the watermark to
-T0 + 18:50, so the newest complete 10m window ends at 18 min: [8, 18) and the newest 1h
-window ends at 15 min: [-45, 15).
+T0 + 19:50 (the contract's: 10 s behind), so the newest complete 10m window ends at
+19 min: [9, 19) and the newest 1h window ends at 15 min: [-45, 15).
+Late events: a view of a at 18:54 — within the allowed lateness (60 s) of the watermark,
+but its minute was already cut — is written into the 10m window ending at 19 at once;
+a page view at 19:30 (behind the watermark, its minute not cut yet) counts in the
+window ending at 20 (phase 2's lifetime figures).
 Phase 2: clock events at T0 + 5 h: every window field of a and b is 0, lifetime figures
 are exact, the TTL is set.
 Replay: the same job run again over the whole topic (a new consumer group) must leave
@@ -57,9 +61,14 @@ EVENTS = [
 ]
 
 
-def window_fields(user: str, start_min: float, end_min: float) -> dict:
+LATE = [ev("a", 18.9, "product_view", product_id="p4", category="m"),
+        ev("a", 19.5, "page_view")]
+
+
+def window_fields(user: str, start_min: float, end_min: float,
+                  events: list[dict] = EVENTS) -> dict:
     """The six window figures of `user`'s events in [start, end), computed here."""
-    inside = [e for e in EVENTS if e["user_id"] == user
+    inside = [e for e in events if e["user_id"] == user
               and T0 + start_min * M <= e["ts"] < T0 + end_min * M]
     views = [e for e in inside if e["event_type"] == "product_view"]
     counts: dict[str, int] = {}
@@ -76,8 +85,8 @@ def window_fields(user: str, start_min: float, end_min: float) -> dict:
             "revenue": revenue, "top_category": top}
 
 
-def lifetime(user: str) -> dict:
-    mine = [e for e in EVENTS if e["user_id"] == user]
+def lifetime(user: str, events: list[dict] = EVENTS) -> dict:
+    mine = [e for e in events if e["user_id"] == user]
     return {"first_seen": min(e["ts"] for e in mine), "last_seen": max(e["ts"] for e in mine),
             "events_total": len(mine),
             "orders_total": sum(e["event_type"] == "purchase" for e in mine),
@@ -89,17 +98,17 @@ def as_read(profile: dict[bytes, bytes]) -> dict[str, str]:
 
 
 def check_window(profile: dict[str, str], suffix: str, user: str, end_min: float,
-                 size_min: float) -> None:
+                 size_min: float, events: list[dict] = EVENTS) -> None:
     assert int(profile[f"window_end_{suffix}"]) == T0 + int(end_min * M)
-    want = window_fields(user, end_min - size_min, end_min)
+    want = window_fields(user, end_min - size_min, end_min, events)
     for name in ("views", "product_views", "carts", "purchases"):
         assert int(profile[f"{name}_{suffix}"]) == want[name], (name, suffix)
     assert float(profile[f"revenue_{suffix}"]) == want["revenue"]
     assert profile[f"top_category_{suffix}"] == want["top_category"]
 
 
-def check_lifetime(profile: dict[str, str], user: str) -> None:
-    want = lifetime(user)
+def check_lifetime(profile: dict[str, str], user: str, events: list[dict] = EVENTS) -> None:
+    want = lifetime(user, events)
     for name in ("first_seen", "last_seen", "events_total", "orders_total"):
         assert int(profile[name]) == want[name], name
     assert float(profile["revenue_total"]) == want["revenue_total"]
@@ -173,17 +182,26 @@ def test_profiles_follow_the_windows_decay_to_zero_and_survive_a_replay(
     send_clocks(bootstrap, setup["events"], 20)
     job = start_job("it-profiles-1")
 
-    # Phase 1: newest complete windows: 10m ending at 18 min, 1h ending at 15 min
-    wait_for(lambda: profile("a").get("window_end_10m") == str(T0 + 18 * M)
+    # Phase 1: newest complete windows: 10m ending at 19 min, 1h ending at 15 min
+    wait_for(lambda: profile("a").get("window_end_10m") == str(T0 + 19 * M)
              and profile("a").get("window_end_1h") == str(T0 + 15 * M), 150, job)
     a = profile("a")
-    check_window(a, "10m", "a", 18, 10)
+    check_window(a, "10m", "a", 19, 10)
     check_window(a, "1h", "a", 15, 60)
     check_lifetime(a, "a")
     assert a["segments"] == "high_value,new_visitor"
     wait_for(lambda: "cart_abandoner" in profile("b").get("segments", ""), 30, job)
     assert profile("c") == {}
     assert profile("d") == {}
+
+    # Late events: the written 10m window [9, 19) is corrected at once
+    send(bootstrap, setup["events"], LATE)
+    counted = EVENTS + LATE
+    wait_for(lambda: profile("a").get("product_views_10m") == "2", 60, job)
+    a = profile("a")
+    check_window(a, "10m", "a", 19, 10, counted)
+    check_window(a, "1h", "a", 15, 60)
+    assert int(a["events_total"]) == lifetime("a")["events_total"] + 1  # 19:30: not yet
 
     # Phase 2: far ahead, every window field is 0, lifetime exact, TTL set
     send_clocks(bootstrap, setup["events"], 300)
@@ -195,7 +213,7 @@ def test_profiles_follow_the_windows_decay_to_zero_and_survive_a_replay(
             assert [p[f"{f}_{suffix}"] for f in ("views", "product_views", "carts",
                                                  "purchases", "revenue")] == ["0"] * 5
             assert p[f"top_category_{suffix}"] == ""
-        check_lifetime(p, user)
+        check_lifetime(p, user, counted)
         ttl = redis_client.pttl(f"{prefix}profile:{user}")
         assert 0 < ttl <= 30 * 86_400_000
 
@@ -207,5 +225,5 @@ def test_profiles_follow_the_windows_decay_to_zero_and_survive_a_replay(
     time.sleep(45)  # long enough to re-read and re-write everything
     assert replay.poll() is None
     for user in ("a", "b"):
-        check_lifetime(profile(user), user)
+        check_lifetime(profile(user), user, counted)
         assert profile(user) == before[user]

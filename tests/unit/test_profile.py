@@ -8,12 +8,14 @@ from udfs.profile import (
     ProfileState,
     Slice,
     WindowSpec,
+    add_late,
     add_slice,
     catch_up,
     next_timer,
     on_cart_abandoned,
     on_window_end,
     segments,
+    segments_write,
     window,
 )
 
@@ -98,11 +100,68 @@ def test_windows_decay_to_zero_once_and_then_stop() -> None:
 
 def test_lifetime_counts_each_slice_once() -> None:
     state = state_of(sl(0, 2), sl(7, 1, purchases=1, revenue=10.0))
-    again = add_slice(state, sl(7, 1, purchases=1, revenue=10.0), RULES)  # a replay
-    for s in (state, again):
-        life = s.lifetime
-        assert (life.events_total, life.orders_total, life.revenue_total) == (3, 1, 10.0)
-        assert (life.first_seen, life.last_seen) == (T0 + 1000, T0 + 7 * M + 59_000)
+    life = state.lifetime
+    assert (life.events_total, life.orders_total, life.revenue_total) == (3, 1, 10.0)
+    assert (life.first_seen, life.last_seen) == (T0 + 1000, T0 + 7 * M + 59_000)
+
+
+def late(minute: float, *, pv: int = 0, purchases: int = 0, revenue: float = 0.0,
+         category: str | None = None) -> Slice:
+    """One late event at `minute` (the job's 'late' row): a slice of one event."""
+    ts = T0 + int(minute * M)
+    start = ts - ts % M
+    return Slice(start, 1, pv, 0, purchases, revenue, ts, ts,
+                 ((ts, category),) if category else ())
+
+
+# minute 7 holds 1 event (0:07:01–0:07:59); a late view at 0:07:00.5 (hats) and a late
+# purchase at 0:07:30 join it: one slice of 3 events, its views in time order
+def test_parts_of_one_minute_merge_into_one_slice() -> None:
+    state = state_of(sl(7, 1, pv=1, views=((50, "shoes"),)))
+    state = add_slice(state, late(7.01, pv=1, category="hats"), RULES)
+    state = add_slice(state, late(7.5, purchases=1, revenue=20.0), RULES)
+    (only,) = state.slices
+    assert (only.start, only.events, only.product_views, only.purchases, only.revenue) == (
+        T0 + 7 * M, 3, 2, 1, 20.0)
+    assert (only.first_ts, only.last_ts) == (T0 + 7 * M + 600, T0 + 7 * M + 59_000)
+    assert [c for _, c in only.views] == ["hats", "shoes"]
+    life = state.lifetime
+    assert (life.events_total, life.orders_total, life.revenue_total) == (3, 1, 20.0)
+
+
+# activity in minute 0 (3 events); the watermark passed 0:12, so the last writes were the
+# 10m window ending 0:11 (0s, written once) and the 1h window ending 0:10 (3 events).
+#   a late event at 0:11:20 is in neither → nothing now (the 10m window ending 0:12 will
+#   hold it); a late view at 0:09:30 is in both ([0:01, 0:11) and [-0:50, 0:10)) → both
+#   written again at once, with the lifetime figures
+def test_a_late_event_rewrites_the_written_windows_that_hold_it() -> None:
+    state = state_of(sl(0, 3))
+    state, write, following = catch_up(state, RULES, T0 + M, T0 + 12 * M)
+    assert write is not None and following == T0 + 15 * M
+    assert {s: (f.end, f.views) for s, f in write.windows} == {
+        "10m": (T0 + 11 * M, 0), "1h": (T0 + 10 * M, 3)}
+
+    quiet, none = add_late(state, late(11.33), RULES)
+    assert none is None  # in no written window: the 10m window ending 0:12 will hold it
+    assert next_timer(quiet, RULES, after=T0 + 11 * M) == T0 + 12 * M
+    assert quiet.lifetime.events_total == 4
+
+    state, again = add_late(state, late(9.5, pv=1, category="hats"), RULES)
+    assert again is not None
+    figures = dict(again.windows)
+    assert (figures["10m"].end, figures["10m"].views, figures["10m"].top_category) == (
+        T0 + 11 * M, 1, "hats")
+    assert (figures["1h"].end, figures["1h"].views, figures["1h"].product_views) == (
+        T0 + 10 * M, 4, 1)
+    assert again.guard_events_total == 4 and again.lifetime["events_total"] == "4"
+    # the 10m family now holds events again: its 0s get written once more, later
+    assert state.last_written("10m") == (T0 + 11 * M, False)
+    assert next_timer(state, RULES, after=T0 + 12 * M) == T0 + 13 * M
+    # ... at the end of the window that no longer holds minute 9
+    _, write, _ = catch_up(state, RULES, T0 + 13 * M, T0 + 20 * M)
+    assert write is not None
+    assert (dict(write.windows)["10m"].end, dict(write.windows)["10m"].views) == (
+        T0 + 20 * M, 0)
 
 
 def test_old_slices_are_pruned_after_the_longest_window() -> None:
@@ -125,6 +184,17 @@ def test_segments() -> None:
     assert "new_visitor" not in segments(later, RULES, T0 + 25 * H)
     poor = state_of(sl(0, 1, purchases=1, revenue=499.99))
     assert "high_value" not in segments(poor, RULES, T0 + M)
+
+
+# a cart_abandoned at 0:40 for a user last written at 0:35: the segment is written at once
+def test_a_cart_abandoned_writes_the_segments_at_once() -> None:
+    state, _ = on_window_end(state_of(sl(0, 2)), RULES, T0 + 5 * M)
+    state = on_cart_abandoned(state, T0 + 40 * M)
+    write = segments_write(state, RULES, T0 + 40 * M)
+    assert write is not None and write.windows == ()
+    assert write.lifetime["segments"] == "cart_abandoner,new_visitor"
+    assert write.guard_events_total == 2
+    assert segments_write(on_cart_abandoned(ProfileState(), T0), RULES, T0) is None
 
 
 def test_write_carries_lifetime_segments_and_its_guards() -> None:
