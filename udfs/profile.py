@@ -257,10 +257,14 @@ def next_timer(state: ProfileState, rules: ProfileRules, after: int) -> int | No
     return min(candidates) if candidates else None
 
 
-def mark_written(state: ProfileState, spec: WindowSpec, figures: WindowFigures,
-                 ) -> ProfileState:
+def mark_written(state: ProfileState, rules: ProfileRules, spec: WindowSpec,
+                 figures: WindowFigures) -> ProfileState:
+    """Remember the window about to be written (and, for the long family, its views for
+    the `engaged` segment)."""
     written = tuple(w for w in state.written if w[0] != spec.suffix)
     state = replace(state, written=(*written, (spec.suffix, figures.end, figures.empty)))
+    if spec is rules.long:
+        state = replace(state, views_long=figures.views)
     return state
 
 
@@ -297,6 +301,13 @@ class ProfileWrite:
     guard_events_total: int
 
 
+def profile_write(state: ProfileState, rules: ProfileRules,
+                  windows: tuple[tuple[str, WindowFigures], ...], at: int) -> ProfileWrite:
+    """`windows` with the lifetime figures and the segments as of ``at``."""
+    lifetime = {**state.lifetime.fields(), "segments": ",".join(segments(state, rules, at))}
+    return ProfileWrite(windows, lifetime, state.lifetime.events_total)
+
+
 def on_window_end(state: ProfileState, rules: ProfileRules, end: int,
                   ) -> tuple[ProfileState, ProfileWrite | None]:
     """Event time reached ``end``: compute the windows that end there and are due, and
@@ -305,15 +316,11 @@ def on_window_end(state: ProfileState, rules: ProfileRules, end: int,
     for spec in rules.families:
         figures = due_window(state, spec, end)
         if figures is not None:
-            state = mark_written(state, spec, figures)
-            if spec is rules.long:
-                state = replace(state, views_long=figures.views)
+            state = mark_written(state, rules, spec, figures)
             parts.append((spec.suffix, figures))
     if not parts:
         return prune(state, rules, end), None
-    lifetime = {**state.lifetime.fields(), "segments": ",".join(segments(state, rules, end))}
-    write = ProfileWrite(tuple(parts), lifetime, state.lifetime.events_total)
-    return prune(state, rules, end), write
+    return prune(state, rules, end), profile_write(state, rules, tuple(parts), end)
 
 
 def catch_up(state: ProfileState, rules: ProfileRules, first_end: int, watermark: int,
@@ -345,10 +352,12 @@ def catch_up(state: ProfileState, rules: ProfileRules, first_end: int, watermark
 
 def add_late(state: ProfileState, piece: Slice, rules: ProfileRules,
              ) -> tuple[ProfileState, ProfileWrite | None]:
-    """A late event (one event's slice, see the module docstring): add it, and return the
-    write that corrects Redis at once — each family's last written window, if it holds
-    the event, and the lifetime figures and segments — or None when no written window
-    holds it (the window ends still to come include it, and their timers write it)."""
+    """A slice or a late event (one event's slice, see the module docstring) that may come
+    after a window holding it was written: add it, and return the write that corrects
+    Redis at once — each family's last written window, if it holds the piece, and the
+    lifetime figures and segments — or None when no written window holds it (the usual
+    case for a slice: the window ends still to come include it, and their timers write
+    it)."""
     state = add_slice(state, piece, rules)
     parts = []
     for spec in rules.families:
@@ -356,15 +365,12 @@ def add_late(state: ProfileState, piece: Slice, rules: ProfileRules,
         if last is None or not last[0] - spec.size_ms <= piece.start < last[0]:
             continue
         figures = window(state, spec, last[0])
-        state = mark_written(state, spec, figures)
-        if spec is rules.long:
-            state = replace(state, views_long=figures.views)
+        state = mark_written(state, rules, spec, figures)
         parts.append((spec.suffix, figures))
     if not parts:
         return state, None
     at = max(figures.end for _, figures in parts)
-    lifetime = {**state.lifetime.fields(), "segments": ",".join(segments(state, rules, at))}
-    return state, ProfileWrite(tuple(parts), lifetime, state.lifetime.events_total)
+    return state, profile_write(state, rules, tuple(parts), at)
 
 
 def segments_write(state: ProfileState, rules: ProfileRules, at: int,
@@ -373,8 +379,7 @@ def segments_write(state: ProfileState, rules: ProfileRules, at: int,
     ``cart_abandoned`` arriving changes. None for a user without a profile."""
     if state.lifetime.first_seen is None:
         return None
-    lifetime = {**state.lifetime.fields(), "segments": ",".join(segments(state, rules, at))}
-    return ProfileWrite((), lifetime, state.lifetime.events_total)
+    return profile_write(state, rules, (), at)
 
 
 def on_cart_abandoned(state: ProfileState, fired_at: int) -> ProfileState:
