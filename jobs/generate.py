@@ -20,11 +20,11 @@ Layers, all pure except the last:
 * `main()` paces the records and sends them with kafka-python, or prints them.
 
 Each record's Kafka timestamp is its event's time (for a malformed record, the time of
-the event it mangles), as a producer sending events as they happen would have it: the
-jobs' watermarks follow the Kafka timestamp of records whose `ts` they cannot read in
-the JVM (Avro), and `future_ts` is checked against it. Keep event times within the
-broker's retention (7 days locally): the default `--start-ms` is one day back and the
-default pool is count / 20 users, which spans about 8 hours of event time.
+the event it mangles), as a producer sending events as they happen would have it;
+`future_ts` is checked against it (the jobs' event time comes from `ts` alone). Keep
+event times within the broker's retention (7 days locally): the default `--start-ms` is
+one day back and the default pool is count / 20 users, which spans about 8 hours of
+event time.
 
     .venv/bin/python -m jobs.generate --count 20 --dry-run --format mixed --malformed 0.2
     .venv/bin/python -m jobs.generate --count 100000 --rate 0 --bootstrap 127.0.0.1:9092

@@ -121,6 +121,25 @@ def use_snapshot_safe_operator() -> None:
             "operator, whose timers a restore can lose: docs/guarantees.md)") from exc
 
 
+NUDGE_JAR = "build/jars/flink/nudge-flink-operators.jar"
+
+
+def nudge_java_class(name: str) -> Any:
+    """One of nudge's own Java classes (jobs/java/) through the gateway of the environment
+    just created; SettingsError naming flink.jars if its jar is on no class path."""
+    from py4j.java_gateway import JavaClass
+    from pyflink.java_gateway import get_gateway
+
+    j_class = get_gateway().jvm
+    for part in name.split("."):
+        j_class = getattr(j_class, part)
+    if not isinstance(j_class, JavaClass):
+        raise SettingsError(f"setting flink.jars: class {name} not found: build it with "
+                            f"`make jars` and put {NUDGE_JAR} on flink.jars (pipeline.jars) "
+                            "or in the cluster's lib/ folder")
+    return j_class
+
+
 def run_job(name: str, build: Builder, argv: Sequence[str] | None, description: str) -> None:
     """Parse the command line, load settings, build the pipeline and execute it."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from config.settings import SettingsError
+from jobs.runtime import NUDGE_JAR, nudge_java_class
 from jobs.state_commit import PYFLINK_VERSION  # the version both patches are written for
 
 OPERATOR = "dev.nudge.flink.SnapshotSafePythonKeyedProcessOperator"
 PYFLINK_OPERATOR = ("org.apache.flink.streaming.api.operators.python.process."
                     "ExternalPythonKeyedProcessOperator")
-JAR = "build/jars/flink/nudge-flink-operators.jar"
+JAR = NUDGE_JAR
 
 
 class SnapshotSafeError(RuntimeError):
@@ -69,14 +71,7 @@ def install() -> None:
 
 def operator_class() -> Any:
     """The Java class through the gateway; ``SnapshotSafeError`` if it is not loadable."""
-    from py4j.java_gateway import JavaClass
-    from pyflink.java_gateway import get_gateway
-
-    j_class = get_gateway().jvm
-    for part in OPERATOR.split("."):
-        j_class = getattr(j_class, part)
-    if not isinstance(j_class, JavaClass):
-        raise SnapshotSafeError(f"class {OPERATOR} not found: build it with `make jars` "
-                                f"and put {JAR} on pipeline.jars (flink.jars) or in the "
-                                "cluster's lib/ folder")
-    return j_class
+    try:
+        return nudge_java_class(OPERATOR)
+    except SettingsError as exc:
+        raise SnapshotSafeError(str(exc)) from exc

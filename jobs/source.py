@@ -3,16 +3,25 @@ events out; everything else to the dead-letter topic with a reason.
 
     events topic (raw bytes + topic/partition/offset/timestamp metadata)
       │ parse_event: Python table function, JSON or Confluent Avro → normalized columns
+      │ event time: per partition, from the validated ts of accepted records only
+      │   (dev.nudge.flink.PartitionWatermarks); watermark = lowest of the partitions'
+      │   highest ts − (watermark delay + allowed lateness)
       ├─ error IS NOT NULL ─────────────────────────────► events.dlq  (original bytes,
       │                                                    headers error, source.*)
       │ de-duplicate (user_id, event_id), keep first, state TTL = events.dedup_horizon_ms
-      │ event time: rowtime = ts, watermark = max ts − (watermark delay + allowed lateness)
+      │ rowtime = ts
       ├─ ts behind the watermark ───────────── late ────► events.dlq
       ▼
     view `events` (append-only, rowtime attribute)
 
 Decoding and validation stay in Python (`udfs.events`): one set of rules gives every
 rejection its reason, for JSON and Avro alike. Everything after parsing runs in the JVM.
+
+Event time is the normalized `ts` of each accepted record, whatever its format (JSON
+integer ms, JSON ISO-8601 string, Avro): the watermarks are made right after the decode,
+per Kafka partition, as the Kafka source would make them per split, so that a rejected
+record (bad JSON, missing or out-of-range `ts`, unknown schema, ...) never moves event
+time and never keeps a partition from going idle (docs/guarantees.md).
 
 Lateness: the contract counts an event as late when it is more than the allowed
 lateness (60 s) behind a watermark that trails the highest ts by 10 s. A job chooses how
@@ -118,7 +127,7 @@ def kafka_options(settings: Settings, topic: str) -> str:
 
 
 KAFKA_MS = "(EXTRACT(EPOCH FROM kafka_ts) * 1000 + EXTRACT(MILLISECOND FROM kafka_ts))"
-JSON_TS = "TRY_CAST(JSON_VALUE(CAST(`v` AS STRING), '$.ts') AS BIGINT)"
+WATERMARKS = "dev.nudge.flink.PartitionWatermarks"  # jobs/java/, in nudge's operator jar
 
 
 def watermark_lag_ms(settings: Settings, hold_lateness: bool = True) -> int:
@@ -131,8 +140,10 @@ def watermark_lag_ms(settings: Settings, hold_lateness: bool = True) -> int:
 
 def create_raw_source(t_env: Any, settings: Settings, name: str, topic: str,
                       group_id: str, bounded: bool = False,
-                      startup: str = "group-offsets", hold_lateness: bool = True) -> None:
-    """A table of the topic's records as raw bytes with their Kafka coordinates.
+                      startup: str = "group-offsets") -> None:
+    """A table of the topic's records as raw bytes with their Kafka coordinates and
+    timestamp (`kafka_ms`). It has no event time: that comes from the decoded records
+    (with_event_time).
 
     With `startup` group-offsets, a consumer group without committed offsets starts at
     `kafka.starting_offsets`; after a restart from a checkpoint the offsets come from
@@ -140,15 +151,7 @@ def create_raw_source(t_env: Any, settings: Settings, name: str, topic: str,
     was taken: the connector then stores "the committed offset" itself, and a restore
     from an older checkpoint resumes at whatever was committed later. `earliest-offset`
     stores "the earliest" instead, so such a restore reads the partition from its start.
-
-    Watermarks are made here, per partition, from a JVM-side look at each record's time
-    (`est_time`): the integer `ts` of a JSON record (no Python involved), else the Kafka
-    record timestamp (Avro records, ISO-8601 `ts`). They trail the highest time seen by
-    the watermark delay (plus the allowed lateness with `hold_lateness`); see the module
-    docstring.
     """
-    delay_ms = watermark_lag_ms(settings, hold_lateness)
-    max_future = settings.events.max_future_ms
     # Bounded: stop at the offsets that are the latest at start-up (tests, benchmarks).
     bounded_option = "\n          'scan.bounded.mode' = 'latest-offset'," if bounded else ""
     t_env.execute_sql(f"""
@@ -159,11 +162,7 @@ def create_raw_source(t_env: Any, settings: Settings, name: str, topic: str,
           `src_partition` INT METADATA FROM 'partition' VIRTUAL,
           `src_offset` BIGINT METADATA FROM 'offset' VIRTUAL,
           `kafka_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
-          `kafka_ms` AS {KAFKA_MS},
-          `est_time` AS TO_TIMESTAMP_LTZ(CASE
-             WHEN {JSON_TS} BETWEEN 0 AND {KAFKA_MS} + {max_future} THEN {JSON_TS}
-             ELSE {KAFKA_MS} END, 3),
-          WATERMARK FOR `est_time` AS `est_time` - {sql_interval(delay_ms)}
+          `kafka_ms` AS {KAFKA_MS}
         ) WITH (
           {kafka_options(settings, topic)},
           'properties.group.id' = '{group_id}',
@@ -173,6 +172,38 @@ def create_raw_source(t_env: Any, settings: Settings, name: str, topic: str,
           'key.format' = 'raw', 'key.fields' = 'k',
           'value.format' = 'raw', 'value.fields-include' = 'EXCEPT_KEY'
         )""")
+
+
+def est_time_sql(ts: str, error: str) -> str:
+    """The decoded record's time for with_event_time: its validated `ts` when accepted,
+    the epoch when rejected (a time attribute cannot be NULL; 0 never raises a maximum,
+    and with_event_time ignores rejected records anyway)."""
+    return f"TO_TIMESTAMP_LTZ(CASE WHEN {error} IS NULL THEN {ts} ELSE 0 END, 3)"
+
+
+def with_event_time(t_env: Any, settings: Settings, decoded: Any, name: str,
+                    hold_lateness: bool, schema: Any) -> Any:
+    """`decoded` (columns src_partition, error and est_time among others) as a new table
+    with `schema`, its watermarks made per Kafka partition from est_time by
+    dev.nudge.flink.PartitionWatermarks: the lowest, over the partitions not idle, of the
+    highest est_time of an accepted record (`error` NULL), minus watermark_lag_ms. A
+    partition with no accepted record for events.idle_timeout_ms of wall-clock time stops
+    holding it. `schema` declares the watermark on est_time as SOURCE_WATERMARK().
+
+    The conversion to a DataStream and back is also a boundary: what is planned before it
+    runs once however many queries read the result (the DLQ insert and the pipeline)."""
+    from pyflink.datastream import DataStream
+
+    from jobs.runtime import nudge_java_class
+
+    names = decoded.get_schema().get_field_names()
+    strategy = nudge_java_class(WATERMARKS)(
+        names.index("est_time"), names.index("src_partition"), names.index("error"),
+        watermark_lag_ms(settings, hold_lateness), settings.events.idle_timeout_ms)
+    j_stream = (t_env.to_data_stream(decoded)._j_data_stream
+                .assignTimestampsAndWatermarks(strategy)
+                .name(f"{name}: event time per partition").uid(f"{name}-event-time"))
+    return t_env.from_data_stream(DataStream(j_stream), schema)
 
 
 def create_transactional_sink(t_env: Any, settings: Settings, name: str, topic: str,
@@ -239,8 +270,7 @@ def read_events(t_env: Any, settings: Settings, statements: Any, group_id: str,
     topic = topic or settings.topics.events
     raw, parsed, unique = f"{prefix}events_raw", f"{prefix}events_parsed", f"{prefix}unique"
     dlq = f"{prefix}dlq"
-    create_raw_source(t_env, settings, raw, topic, group_id, bounded,
-                      hold_lateness=hold_lateness)
+    create_raw_source(t_env, settings, raw, topic, group_id, bounded)
     if dead_letters:
         create_dlq_sink(t_env, settings, dlq)
         # Late events go to the same topic through a sink of their own, so that its
@@ -251,14 +281,14 @@ def read_events(t_env: Any, settings: Settings, statements: Any, group_id: str,
     fields = ", ".join(f"e.{q(f)}" for f in EVENT_FIELDS)
     decoded = t_env.sql_query(f"""
         SELECT r.`k`, r.`v`, r.src_topic, r.src_partition, r.src_offset, {fields}, e.`error`,
-               r.est_time
+               {est_time_sql('e.`ts`', 'e.`error`')} AS est_time
         FROM {q(raw)} AS r,
         LATERAL TABLE({prefix}parse_event(r.`v`, r.kafka_ms))
           AS e({', '.join(q(f) for f in (*EVENT_FIELDS, 'error'))})""")
-    # A DataStream boundary: the DLQ insert and the main pipeline are planned separately,
-    # and without it each would read the topic and run the Python parser again.
-    t_env.create_temporary_view(parsed, t_env.from_data_stream(
-        t_env.to_data_stream(decoded),
+    # Event time, and a boundary: the DLQ insert and the main pipeline are planned
+    # separately, and without it each would read the topic and run the Python parser again.
+    t_env.create_temporary_view(parsed, with_event_time(
+        t_env, settings, decoded, parsed, hold_lateness,
         Schema.new_builder()
         .watermark("est_time", "SOURCE_WATERMARK()")
         .column_by_expression("proc", "PROCTIME()").build()))
@@ -357,18 +387,20 @@ def read_privacy(t_env: Any, settings: Settings, statements: Any, group_id: str,
 
     topic = topic or settings.topics.privacy
     create_raw_source(t_env, settings, "privacy_raw", topic, group_id, bounded,
-                      startup="earliest-offset", hold_lateness=hold_lateness)
+                      startup="earliest-offset")
     t_env.create_temporary_function("parse_privacy", _parse_privacy_function(settings))
     names = [c.split(" ")[0] for c in PRIVACY_COLUMNS]
     decoded = t_env.sql_query(f"""
         SELECT r.`k`, r.`v`, r.src_topic, r.src_partition, r.src_offset,
-               {', '.join(f'p.{q(n)}' for n in names)}, p.`error`, r.est_time
+               {', '.join(f'p.{q(n)}' for n in names)}, p.`error`,
+               {est_time_sql('p.`ts`', 'p.`error`')} AS est_time
         FROM privacy_raw AS r,
         LATERAL TABLE(parse_privacy(r.`v`, r.kafka_ms))
           AS p({', '.join(q(n) for n in (*names, 'error'))})""")
-    # A DataStream boundary, so that the DLQ and the jobs share one parse (see read_events).
-    t_env.create_temporary_view("privacy_parsed", t_env.from_data_stream(
-        t_env.to_data_stream(decoded),
+    # Event time as for events, and a boundary, so that the DLQ and the jobs share one
+    # parse (see read_events).
+    t_env.create_temporary_view("privacy_parsed", with_event_time(
+        t_env, settings, decoded, "privacy_parsed", hold_lateness,
         Schema.new_builder().watermark("est_time", "SOURCE_WATERMARK()").build()))
     if dead_letters:
         create_dlq_sink(t_env, settings, "privacy_dlq")

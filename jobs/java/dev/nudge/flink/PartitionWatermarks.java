@@ -1,0 +1,152 @@
+package dev.nudge.flink;
+
+import java.time.Instant;
+import java.util.HashMap;
+import java.util.Map;
+import org.apache.flink.api.common.eventtime.TimestampAssigner;
+import org.apache.flink.api.common.eventtime.TimestampAssignerSupplier;
+import org.apache.flink.api.common.eventtime.Watermark;
+import org.apache.flink.api.common.eventtime.WatermarkGenerator;
+import org.apache.flink.api.common.eventtime.WatermarkGeneratorSupplier;
+import org.apache.flink.api.common.eventtime.WatermarkOutput;
+import org.apache.flink.api.common.eventtime.WatermarkStrategy;
+import org.apache.flink.types.Row;
+
+/**
+ * Event time from the decoded records, with a watermark per Kafka partition: what the
+ * Kafka source does per split, applied after the Python decode stage, so that only the
+ * validated {@code ts} of accepted records moves it.
+ *
+ * <p>Rows carry a time field (TIMESTAMP_LTZ, the record's normalized {@code ts}), the
+ * partition the record came from, and an error field (the rejection reason, null for an
+ * accepted record). Per partition the generator keeps the highest time of its accepted
+ * records; the watermark is the lowest of those over the partitions that are not idle,
+ * minus {@code lagMs}. A rejected record never moves it. A partition is idle when no
+ * accepted record came from it for {@code idleMs} of wall-clock time; a partition seen but
+ * without an accepted record yet holds the watermark until then, as does a subtask that has
+ * seen no record at all since it started. When every partition is idle, so is the output.
+ *
+ * <p>Like the source's per-split watermarks this is not checkpointed: after a restore each
+ * partition starts again from its first record. No trigger or profile logic lives here:
+ * only time bookkeeping, which Flink offers per split at the source but not after an
+ * operator.
+ */
+public final class PartitionWatermarks implements WatermarkStrategy<Row> {
+
+    private static final long serialVersionUID = 1L;
+
+    private final int timeField;
+    private final int partitionField;
+    private final int errorField;
+    private final long lagMs;
+    private final long idleMs;
+
+    public PartitionWatermarks(
+            int timeField, int partitionField, int errorField, long lagMs, long idleMs) {
+        if (lagMs < 0 || idleMs <= 0) {
+            throw new IllegalArgumentException(
+                    "lagMs must be >= 0 and idleMs > 0, got " + lagMs + " and " + idleMs);
+        }
+        this.timeField = timeField;
+        this.partitionField = partitionField;
+        this.errorField = errorField;
+        this.lagMs = lagMs;
+        this.idleMs = idleMs;
+    }
+
+    @Override
+    public TimestampAssigner<Row> createTimestampAssigner(TimestampAssignerSupplier.Context context) {
+        return (row, previous) -> {
+            Object time = row.getField(timeField);
+            return time == null ? 0L : ((Instant) time).toEpochMilli();
+        };
+    }
+
+    @Override
+    public WatermarkGenerator<Row> createWatermarkGenerator(
+            WatermarkGeneratorSupplier.Context context) {
+        return new Generator(this);
+    }
+
+    /** One partition's bookkeeping. */
+    private static final class Partition {
+        long maxTime = Long.MIN_VALUE; // highest time of an accepted record
+        long lastActiveMs; // wall clock of the last periodic emit that followed one
+        boolean acceptedSinceEmit = true; // a new partition counts as active
+
+        Partition(long nowMs) {
+            lastActiveMs = nowMs;
+        }
+    }
+
+    static final class Generator implements WatermarkGenerator<Row> {
+        private final PartitionWatermarks spec;
+        private final Map<Integer, Partition> partitions = new HashMap<>();
+        private final long startedMs = System.currentTimeMillis();
+        private boolean idle;
+
+        Generator(PartitionWatermarks spec) {
+            this.spec = spec;
+        }
+
+        @Override
+        public void onEvent(Row row, long time, WatermarkOutput output) {
+            Integer key = (Integer) row.getField(spec.partitionField);
+            Partition partition = partitions.get(key);
+            if (partition == null) {
+                partition = new Partition(System.currentTimeMillis());
+                partitions.put(key, partition);
+            }
+            if (row.getField(spec.errorField) != null) {
+                return; // rejected: never moves event time, never keeps a partition active
+            }
+            if (time > partition.maxTime) {
+                partition.maxTime = time;
+            }
+            partition.acceptedSinceEmit = true;
+            if (idle) {
+                idle = false;
+                output.markActive();
+            }
+        }
+
+        @Override
+        public void onPeriodicEmit(WatermarkOutput output) {
+            long now = System.currentTimeMillis();
+            if (partitions.isEmpty()) {
+                if (now - startedMs >= spec.idleMs) {
+                    markIdle(output);
+                }
+                return;
+            }
+            long lowest = Long.MAX_VALUE;
+            boolean anyActive = false;
+            for (Partition partition : partitions.values()) {
+                if (partition.acceptedSinceEmit) {
+                    partition.acceptedSinceEmit = false;
+                    partition.lastActiveMs = now;
+                }
+                if (now - partition.lastActiveMs < spec.idleMs) {
+                    anyActive = true;
+                    lowest = Math.min(lowest, partition.maxTime);
+                }
+            }
+            if (!anyActive) {
+                markIdle(output);
+            } else if (lowest != Long.MIN_VALUE) {
+                if (idle) {
+                    idle = false;
+                    output.markActive();
+                }
+                output.emitWatermark(new Watermark(lowest - spec.lagMs));
+            }
+        }
+
+        private void markIdle(WatermarkOutput output) {
+            if (!idle) {
+                idle = true;
+                output.markIdle();
+            }
+        }
+    }
+}
