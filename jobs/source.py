@@ -187,8 +187,9 @@ def with_event_time(t_env: Any, settings: Settings, decoded: Any, name: str,
     with `schema`, its watermarks made per Kafka partition from est_time by
     dev.nudge.flink.PartitionWatermarks: the lowest, over the partitions not idle, of the
     highest est_time of an accepted record (`error` NULL), minus watermark_lag_ms. A
-    partition with no accepted record for events.idle_timeout_ms of wall-clock time stops
-    holding it. `schema` declares the watermark on est_time as SOURCE_WATERMARK().
+    partition with no accepted record for events.idle_timeout_ms (wall clock, paused while
+    backpressured) stops holding it. `schema` declares the watermark on est_time as
+    SOURCE_WATERMARK().
 
     The conversion to a DataStream and back is also a boundary: what is planned before it
     runs once however many queries read the result (the DLQ insert and the pipeline)."""

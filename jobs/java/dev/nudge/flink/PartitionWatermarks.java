@@ -11,6 +11,7 @@ import org.apache.flink.api.common.eventtime.WatermarkGeneratorSupplier;
 import org.apache.flink.api.common.eventtime.WatermarkOutput;
 import org.apache.flink.api.common.eventtime.WatermarkStrategy;
 import org.apache.flink.types.Row;
+import org.apache.flink.util.clock.RelativeClock;
 
 /**
  * Event time from the decoded records, with a watermark per Kafka partition: what the
@@ -22,9 +23,11 @@ import org.apache.flink.types.Row;
  * accepted record). Per partition the generator keeps the highest time of its accepted
  * records; the watermark is the lowest of those over the partitions that are not idle,
  * minus {@code lagMs}. A rejected record never moves it. A partition is idle when no
- * accepted record came from it for {@code idleMs} of wall-clock time; a partition seen but
- * without an accepted record yet holds the watermark until then, as does a subtask that has
- * seen no record at all since it started. When every partition is idle, so is the output.
+ * accepted record came from it for {@code idleMs} of Flink's input activity clock (wall
+ * clock, paused while the operator is backpressured); a partition seen but without an
+ * accepted record yet holds the watermark until then, as does a subtask that has seen no
+ * record at all since it began to run (its first periodic emit, once the whole chain and
+ * its Python workers are open). When every partition is idle, so is the output.
  *
  * <p>Like the source's per-split watermarks this is not checkpointed: after a restore each
  * partition starts again from its first record. No trigger or profile logic lives here:
@@ -65,28 +68,30 @@ public final class PartitionWatermarks implements WatermarkStrategy<Row> {
     @Override
     public WatermarkGenerator<Row> createWatermarkGenerator(
             WatermarkGeneratorSupplier.Context context) {
-        return new Generator(this);
+        return new Generator(this, context.getInputActivityClock());
     }
 
     /** One partition's bookkeeping. */
     private static final class Partition {
         long maxTime = Long.MIN_VALUE; // highest time of an accepted record
-        long lastActiveMs; // wall clock of the last periodic emit that followed one
+        long lastActiveMs; // activity clock at the last periodic emit that followed one
         boolean acceptedSinceEmit = true; // a new partition counts as active
-
-        Partition(long nowMs) {
-            lastActiveMs = nowMs;
-        }
     }
 
     static final class Generator implements WatermarkGenerator<Row> {
         private final PartitionWatermarks spec;
         private final Map<Integer, Partition> partitions = new HashMap<>();
-        private final long startedMs = System.currentTimeMillis();
+        // Flink's input activity clock: it stands still while the operator is
+        // backpressured, so a slow pipeline does not make its partitions idle.
+        private final RelativeClock clock;
+        // When the subtask began to run: its first periodic emit, which comes only once
+        // the whole chain is open (the Python workers up), not at construction.
+        private long startedMs = -1;
         private boolean idle;
 
-        Generator(PartitionWatermarks spec) {
+        Generator(PartitionWatermarks spec, RelativeClock clock) {
             this.spec = spec;
+            this.clock = clock;
         }
 
         @Override
@@ -94,7 +99,7 @@ public final class PartitionWatermarks implements WatermarkStrategy<Row> {
             Integer key = (Integer) row.getField(spec.partitionField);
             Partition partition = partitions.get(key);
             if (partition == null) {
-                partition = new Partition(System.currentTimeMillis());
+                partition = new Partition(); // its activity starts at the next emit
                 partitions.put(key, partition);
             }
             if (row.getField(spec.errorField) != null) {
@@ -112,7 +117,10 @@ public final class PartitionWatermarks implements WatermarkStrategy<Row> {
 
         @Override
         public void onPeriodicEmit(WatermarkOutput output) {
-            long now = System.currentTimeMillis();
+            long now = clock.relativeTimeMillis();
+            if (startedMs < 0) {
+                startedMs = now;
+            }
             if (partitions.isEmpty()) {
                 if (now - startedMs >= spec.idleMs) {
                     markIdle(output);
