@@ -18,7 +18,7 @@ SEED   ?= 7
 BENCH_EVENTS ?= 600000
 
 .PHONY: help setup jars lock up down ps logs topics clean test test-unit test-pipeline \
-        test-integration test-faults lint demo produce triggers profiles bench submit stop resume status
+        test-integration test-faults lint demo produce triggers profiles bench submit stop resume status backfill
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -112,6 +112,12 @@ resume: setup jars ## Resume a job from its latest savepoint, or SAVEPOINT=… (
 
 status: setup ## Health of both jobs from the Flink REST API and Kafka; exit 0 = healthy
 	@$(OPS) status
+
+backfill: setup jars up ## Historic events through a job, bounded, then a report (FILE=… or FROM_TOPIC=… SINCE=… [UNTIL=…]; JOB=triggers|profiles|all)
+	$(PY) scripts/backfill.py --job $(JOB) $(if $(FILE),--file $(FILE)) \
+	  $(if $(FROM_TOPIC),--from-topic $(FROM_TOPIC)) $(if $(SINCE),--since $(SINCE)) \
+	  $(if $(UNTIL),--until $(UNTIL)) $(if $(PROGRESS),--progress $(PROGRESS)) \
+	  $(if $(REPORT),--report $(REPORT))
 
 bench: setup jars up ## Throughput, latency, memory of both jobs beside a JVM-only reference (BENCH_EVENTS=…)
 	$(PY) scripts/bench.py --events $(BENCH_EVENTS) --parallelism 1,2 --max-seconds 150 \

@@ -203,14 +203,16 @@ def build_profiles(t_env: Any, settings: Settings, bounded: bool = False) -> Any
             .uid("profile-function"))
 
 
-def create_audit_sink(t_env: Any, settings: Settings) -> None:
-    """The audit topic, written with Kafka transactions (exactly once)."""
+def create_audit_sink(t_env: Any, settings: Settings, name: str = JOB_NAME) -> None:
+    """The audit topic, written with Kafka transactions (exactly once); `name` makes the
+    transactional ids, which no two running jobs may share."""
     topic = settings.topics.audit
     create_transactional_sink(t_env, settings, "audit_sink", topic, "record",
-                              f"{JOB_NAME}-{topic}")
+                              f"{name}-{topic}")
 
 
-def write_to_redis(t_env: Any, settings: Settings, statements: Any, ops: Any) -> None:
+def write_to_redis(t_env: Any, settings: Settings, statements: Any, ops: Any,
+                   name: str = JOB_NAME) -> None:
     """The profile function's Redis operations, applied in pipelined batches by a
     vectorized (pandas) UDF: each call gets up to an Arrow batch of rows — all the writes
     of a bundle, e.g. every user whose window ended at one watermark — and sends them in
@@ -228,7 +230,7 @@ def write_to_redis(t_env: Any, settings: Settings, statements: Any, ops: Any) ->
     t_env.create_temporary_function(
         "redis_apply", udf(RedisBatchWriter(settings), result_type=DataTypes.STRING(),
                            func_type="pandas"))
-    create_audit_sink(t_env, settings)
+    create_audit_sink(t_env, settings, name)
     statements.add_insert_sql("""
         INSERT INTO audit_sink
         SELECT JSON_VALUE(audit, '$.user_id'), CAST(audit AS BYTES) FROM (
@@ -237,9 +239,11 @@ def write_to_redis(t_env: Any, settings: Settings, statements: Any, ops: Any) ->
 
 
 def build(env: Any, t_env: Any, settings: Settings, topic: str | None = None,
-          bounded: bool = False, privacy_topic: str | None = None) -> None:
+          bounded: bool = False, privacy_topic: str | None = None,
+          name: str = JOB_NAME) -> None:
     """The job's pipeline; `topic`, `privacy_topic` and `bounded` (stop at the offsets
-    current at start-up) are for tests and benchmarks."""
+    current at start-up) are for tests, benchmarks and backfills (scripts/backfill.py),
+    `name` (of the audit sink's transactions) for a run beside the live job."""
     statements = t_env.create_statement_set()
     # The triggers job dead-letters what the source stage rejects; this one only counts.
     # The contract's watermark, not held back by the allowed lateness (module docstring).
@@ -248,7 +252,8 @@ def build(env: Any, t_env: Any, settings: Settings, topic: str | None = None,
     read_privacy(t_env, settings, statements, group_id=f"{settings.kafka.group_id}-profiles",
                  topic=privacy_topic, bounded=bounded, dead_letters=False,
                  hold_lateness=False)
-    write_to_redis(t_env, settings, statements, build_profiles(t_env, settings, bounded))
+    write_to_redis(t_env, settings, statements, build_profiles(t_env, settings, bounded),
+                   name)
     statements.attach_as_datastream()
 
 

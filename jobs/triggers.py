@@ -196,11 +196,12 @@ def privacy_signals(t_env: Any) -> Any:
         FROM privacy""")
 
 
-def create_notifications_sink(t_env: Any, settings: Settings) -> None:
-    """The notifications topic, written with Kafka transactions (exactly once)."""
+def create_notifications_sink(t_env: Any, settings: Settings, name: str = JOB_NAME) -> None:
+    """The notifications topic, written with Kafka transactions (exactly once); `name`
+    makes the transactional ids, which no two running jobs may share."""
     topic = settings.topics.notifications
     create_transactional_sink(t_env, settings, "notifications_sink", topic, "notification",
-                              f"{JOB_NAME}-{topic}")
+                              f"{name}-{topic}")
 
 
 def signals(t_env: Any, settings: Settings) -> Any:
@@ -229,8 +230,9 @@ def detect_triggers(t_env: Any, settings: Settings) -> Any:
             .uid("trigger-function"))
 
 
-def write_notifications(t_env: Any, settings: Settings, statements: Any, stream: Any) -> None:
-    create_notifications_sink(t_env, settings)
+def write_notifications(t_env: Any, settings: Settings, statements: Any, stream: Any,
+                        name: str = JOB_NAME) -> None:
+    create_notifications_sink(t_env, settings, name)
     statements.add_insert("notifications_sink", t_env.from_data_stream(stream))
 
 
@@ -247,12 +249,14 @@ def build_sources(t_env: Any, settings: Settings, topic: str | None = None,
 
 
 def build(env: Any, t_env: Any, settings: Settings, topic: str | None = None,
-          bounded: bool = False, privacy_topic: str | None = None) -> None:
+          bounded: bool = False, privacy_topic: str | None = None,
+          name: str = JOB_NAME) -> None:
     """The job's pipeline; `topic`, `privacy_topic` and `bounded` (stop at the offsets
-    current at start-up) are for tests and benchmarks."""
+    current at start-up) are for tests, benchmarks and backfills (scripts/backfill.py),
+    `name` (of the sink's transactions) for a run beside the live job."""
     statements = build_sources(t_env, settings, topic, bounded, privacy_topic)
     notifications = detect_triggers(t_env, settings)
-    write_notifications(t_env, settings, statements, notifications)
+    write_notifications(t_env, settings, statements, notifications, name)
     statements.attach_as_datastream()
 
 
