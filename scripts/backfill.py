@@ -268,6 +268,9 @@ def run_job(job: str, settings: Settings, run: str, topic: str, total: int,
                     done = f"{committed(settings.kafka.bootstrap, group, topic):,}"
                 except Exception as exc:  # progress is a courtesy; Kafka trouble shows later
                     done = f"? ({exc.__class__.__name__})"
+                # The Kafka source commits at checkpoints while it reads; once a
+                # partition is read to its end its count stays, and the job finishes
+                # its windows and deadlines.
                 print(f"{job}: {done} of {total:,} records read and checkpointed "
                       f"({time.monotonic() - began:.0f}s)", flush=True)
     if child.returncode != 0:

@@ -219,6 +219,7 @@ class Limits:
     max_checkpoint_age_ms: int
     max_restarts: int
     max_consumer_lag: int
+    max_event_time_stall_ms: int = 600_000
 
 
 @dataclass
@@ -226,6 +227,7 @@ class JobStatus:
     name: str
     lines: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # worth a look, not unhealthy
 
     def add(self, label: str, value: object) -> None:
         self.lines.append(f"  {label:<22} {value}")
@@ -243,9 +245,26 @@ def vertex_metrics(job_id: str, vertex_id: str, names: list[str]) -> dict[str, f
 def custom_metrics(job_id: str, vertex_id: str) -> dict[str, float]:
     """The jobs' own metrics (group ``nudge``) on a vertex, summed over subtasks."""
     listed = rest(f"/jobs/{job_id}/vertices/{vertex_id}/subtasks/metrics")
-    names = [m["id"] for m in listed if ".nudge." in m["id"]]
+    names = [m["id"] for m in listed if ".nudge." in m["id"] and not m["id"].endswith(STALL)]
     return {n.split(".nudge.", 1)[1]: v for n, v in vertex_metrics(job_id, vertex_id,
                                                                      names).items()}
+
+
+STALL = ".nudge.event_time_stalled_ms"  # a gauge of dev.nudge.flink.PartitionWatermarks
+
+
+def event_time_stall(job_id: str, vertex_id: str) -> int | None:
+    """How long the events' event time has stood still on `vertex_id` (the source
+    chain): the least, over its subtasks, of the time since a subtask's watermark rose;
+    None when the vertex has no such gauge."""
+    listed = rest(f"/jobs/{job_id}/vertices/{vertex_id}/subtasks/metrics")
+    names = [m["id"] for m in listed if m["id"].endswith(STALL) and "privacy" not in m["id"]]
+    if not names:
+        return None
+    rows = rest(f"/jobs/{job_id}/vertices/{vertex_id}/subtasks/metrics"
+                f"?get={quote(','.join(names), safe=',')}&agg=min")
+    values = [float(row["min"]) for row in rows if "min" in row]
+    return int(min(values)) if values else None
 
 
 def min_watermark(job_id: str, vertex_id: str) -> int | None:
@@ -311,6 +330,14 @@ def job_status(job: str, settings: Any, limits: Limits, now_ms: int) -> JobStatu
     mark = min_watermark(job_id, last["id"])
     st.add("watermark lag", "no watermark yet" if mark is None
            else f"{_duration(now_ms - mark)} behind wall clock")
+    stalled = event_time_stall(job_id, vertices[0]["id"])
+    if stalled is not None:
+        st.add("event time", f"last moved {_duration(stalled)} ago")
+        if stalled >= limits.max_event_time_stall_ms:
+            st.warnings.append(
+                f"event time has not moved for {_duration(stalled)}: deadlines and window "
+                "ends after the watermark wait for the next event (docs/operations.md, "
+                "\"Quiet topics\")")
     rates_in = vertex_metrics(job_id, vertices[0]["id"], ["numRecordsOutPerSecond"])
     rates_out = vertex_metrics(job_id, last["id"], ["numRecordsInPerSecond"])
     st.add("records/s", f"source out {rates_in.get('numRecordsOutPerSecond', 0):.0f}, "
@@ -384,6 +411,8 @@ def status(jobs: list[str], settings: Any, limits: Limits) -> int:
         healthy = healthy and not st.problems
         print(f"\n{st.name}: {verdict}")
         print("\n".join(st.lines))
+        for warning in st.warnings:
+            print(f"  WARNING: {warning}")
     print(f"\n{'healthy' if healthy else 'UNHEALTHY'}")
     return 0 if healthy else 1
 
@@ -402,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", default=",".join(JOBS), help="comma-separated (default: both)")
     p.add_argument("--max-restarts", type=int, default=3)
     p.add_argument("--max-consumer-lag", type=int, default=1_000_000)
+    p.add_argument("--max-event-time-stall", type=float, default=600.0, metavar="SECONDS",
+                   help="warn when event time has not moved for this long (default 600)")
     args = parser.parse_args(argv)
 
     from config.settings import SettingsError, load_settings
@@ -411,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             interval = settings.flink.checkpoint_interval_ms
             limits = Limits(interval, max(3 * interval, 60_000), args.max_restarts,
-                            args.max_consumer_lag)
+                            args.max_consumer_lag, int(args.max_event_time_stall * 1000))
             return status([j for j in args.jobs.split(",") if j], settings, limits)
         if args.command == "stop":
             print(f"stopped {JOBS[args.job]} with savepoint {stop(args.job)}")

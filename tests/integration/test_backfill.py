@@ -15,9 +15,10 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.integration.kafka_io import consume
+from tests.integration.kafka_io import consume, send_events
 from tests.integration.test_triggers_kafka import (  # noqa: F401 (fixtures)
     EXPECTED,
+    T0,
     ev,
     job_topics,
     produce,
@@ -82,3 +83,31 @@ def test_a_backfill_gives_exactly_the_notifications_of_a_live_run(
     assert report["notifications"] == dict(by_trigger)
     assert report["dead_letters"] == dict(collections.Counter(reasons(dead)))
     assert f"notifications:  {len(ids)}" in proc.stdout
+
+
+def test_a_backfill_of_a_time_range_of_a_topic_reads_only_that_range(
+        stack: dict[str, str], topic_factory, test_environ: dict[str, str],  # noqa: F811
+        tmp_path: Path) -> None:
+    """`FROM_TOPIC=… SINCE=…`: the records whose Kafka timestamps are in the range (here
+    each record's Kafka timestamp is its ts); a cart a day before it is not read."""
+    source = topic_factory("bf-src", 2)
+    before = ev("u-before", -24 * 60, "add_to_cart", 1, product_id="p1")
+    movers = [ev(f"zz-clock-{p}", 300, "page_view", 1) for p in range(2)]
+    send_events(stack["bootstrap"], source, [before, *scripted_trace(), *movers])
+    notifications = topic_factory("bf-range-notif", 2)
+    report_path = tmp_path / "report.json"
+    env = {**test_environ, "NUDGE_TOPICS__NOTIFICATIONS": notifications,
+           "NUDGE_TOPICS__DLQ": topic_factory("bf-range-dlq", 1),
+           "NUDGE_KAFKA__GROUP_ID": f"bf-{notifications}"}
+    proc = subprocess.run(["make", "--no-print-directory", "backfill", f"FROM_TOPIC={source}",
+                           f"SINCE={T0}", f"REPORT={report_path}"],
+                          cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=420)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["records"] == len(scripted_trace()) + len(movers)
+    got = sorted(json.loads(r.value)["notification_id"] for r in consume(
+        stack["bootstrap"], notifications, len(EXPECTED), timeout_s=30, settle_s=3,
+        isolation_level="read_committed"))
+    assert got == sorted(f"{trigger}:{user}:{at}" for trigger, user, at in EXPECTED)
+    assert report["notification_ids"] == got

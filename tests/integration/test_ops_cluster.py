@@ -17,6 +17,7 @@ come from the cart state restored from the savepoint.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from scripts import ops  # noqa: E402
+from scripts import stack as stack_mod  # noqa: E402
 from tests.conftest import CLUSTER_PARTITIONS as PARTITIONS  # noqa: E402
 from tests.conftest import wait_for  # noqa: E402
 
@@ -47,9 +49,22 @@ def committed_all(bootstrap: str, group: str, topic: str) -> bool:
     return ops.consumer_lag(bootstrap, group, topic) == 0
 
 
-def run_status(env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "scripts/ops.py", "status"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+def run_status(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "scripts/ops.py", "status", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def watermarks(job_id: str) -> dict[str, list[str]]:
+    """Each vertex's input watermarks, by subtask: what to look at when nothing fires."""
+    return {v["name"][:60]: [r["value"] for r in ops.rest(
+                f"/jobs/{job_id}/vertices/{v['id']}/watermarks")]
+            for v in ops.rest(f"/jobs/{job_id}")["vertices"]}
+
+
+def stalled_s(status_out: str) -> int | None:
+    """The status line `event time  last moved 45s ago` (or 3m05s) in seconds."""
+    found = re.search(r"^  event time +last moved (?:(\d+)m)?(\d+)s ago", status_out, re.M)
+    return None if found is None else int(found[1] or 0) * 60 + int(found[2])
 
 
 def test_submit_both_jobs_then_status_is_healthy_and_names_operators(
@@ -124,3 +139,49 @@ def test_stop_with_savepoint_then_resume_keeps_a_pending_cart(
     assert [(n["trigger"], n["user_id"], n["fired_at"]) for n in notifications] == [
         ("cart_abandoned", "u-keep", t0 + 30 * M)]
     assert notifications[0]["payload"]["cart_value"] == 20.0
+
+
+def test_a_restart_on_a_quiet_topic_waits_for_the_next_event_and_status_warns(
+        stack: dict[str, str], cluster_env: dict[str, str]) -> None:
+    """The policy of docs/operations.md, "Quiet topics": after a restart from a retained
+    checkpoint with no new record, event time stands still — the pending cart's deadline
+    (T0 + 30) waits, and `status` warns (exit 0: a warning, not unhealthy); the next
+    event moves it, and the cart fires, once."""
+    bootstrap, topic = stack["bootstrap"], cluster_env["NUDGE_TOPICS__EVENTS"]
+    notifications_topic = cluster_env["NUDGE_TOPICS__NOTIFICATIONS"]
+    group = f"{cluster_env['NUDGE_KAFKA__GROUP_ID']}-triggers"
+    t0 = (int(time.time() * 1000) - 2 * 3_600_000) // M * M
+    cart = {"event_id": "quiet-1", "event_type": "add_to_cart", "user_id": "u-quiet",
+            "product_id": "p1", "price": 4.0, "ts": t0}
+    send_events(bootstrap, topic, [cart, *fillers(t0, [1, 5, 10], "before")])
+    first = ops.submit("triggers")
+    wait_for(lambda: committed_all(bootstrap, group, topic), 90, "the first run's commits")
+    ops.cancel(first)
+    checkpoint = ops.latest_retained_checkpoint(stack_mod.FLINK_DIR / "checkpoints", first)
+    resumed = ops.submit("triggers", checkpoint)
+    assert ops.rest(f"/jobs/{resumed}/checkpoints")["latest"]["restored"] is not None
+
+    args = ("--jobs", "triggers", "--max-event-time-stall", "20")
+    warning = "WARNING: event time has not moved"
+    wait_for(lambda: warning in run_status(cluster_env, *args).stdout, 120,
+             lambda: f"the stall warning; status said:\n{run_status(cluster_env, *args).stdout}")
+    quiet = run_status(cluster_env, *args)
+    assert quiet.returncode == 0, quiet.stdout  # a warning, not unhealthy
+    assert (stalled_s(quiet.stdout) or 0) >= 20, quiet.stdout
+    assert consume(bootstrap, notifications_topic, want=1, timeout_s=5,
+                   isolation_level="read_committed") == []  # the deadline waits
+
+    sent = time.monotonic()
+    send_events(bootstrap, topic, fillers(t0, [45], "after"))
+    records = consume(bootstrap, notifications_topic, want=1, timeout_s=120, settle_s=5,
+                      isolation_level="read_committed")
+    got = [(n["trigger"], n["user_id"], n["fired_at"]) for n in map(json.loads,
+                                                                      (r.value for r in records))]
+    assert got == [("cart_abandoned", "u-quiet", t0 + 30 * M)], watermarks(resumed)
+    # The gauge was reset when that event moved event time: it now counts from then, so
+    # it reads less than the time since we sent it (once the REST metric fetcher, every
+    # 10 s, has a value from after it).
+    wait_for(lambda: (stalled_s(run_status(cluster_env, *args).stdout) or 10**9)
+             < time.monotonic() - sent, 60,
+             lambda: f"the stall gauge to restart; status said:\n"
+                     f"{run_status(cluster_env, *args).stdout}")

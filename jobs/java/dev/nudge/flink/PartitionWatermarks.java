@@ -10,6 +10,7 @@ import org.apache.flink.api.common.eventtime.WatermarkGenerator;
 import org.apache.flink.api.common.eventtime.WatermarkGeneratorSupplier;
 import org.apache.flink.api.common.eventtime.WatermarkOutput;
 import org.apache.flink.api.common.eventtime.WatermarkStrategy;
+import org.apache.flink.metrics.Gauge;
 import org.apache.flink.types.Row;
 import org.apache.flink.util.clock.RelativeClock;
 
@@ -68,7 +69,14 @@ public final class PartitionWatermarks implements WatermarkStrategy<Row> {
     @Override
     public WatermarkGenerator<Row> createWatermarkGenerator(
             WatermarkGeneratorSupplier.Context context) {
-        return new Generator(this, context.getInputActivityClock());
+        Generator generator = new Generator(this, context.getInputActivityClock());
+        // How long this subtask's event time has stood still: wall-clock ms since its
+        // watermark last rose (or since it began to run, when it has none yet). On a
+        // quiet topic nothing moves it until the next record (docs/operations.md).
+        context.getMetricGroup()
+                .addGroup("nudge")
+                .gauge("event_time_stalled_ms", (Gauge<Long>) generator::stalledMs);
+        return generator;
     }
 
     /** One partition's bookkeeping. */
@@ -88,6 +96,8 @@ public final class PartitionWatermarks implements WatermarkStrategy<Row> {
         // the whole chain is open (the Python workers up), not at construction.
         private long startedMs = -1;
         private boolean idle;
+        private long emitted = Long.MIN_VALUE; // the highest watermark emitted
+        private volatile long lastRiseWallMs = -1; // wall clock when it last rose
 
         Generator(PartitionWatermarks spec, RelativeClock clock) {
             this.spec = spec;
@@ -120,6 +130,7 @@ public final class PartitionWatermarks implements WatermarkStrategy<Row> {
             long now = clock.relativeTimeMillis();
             if (startedMs < 0) {
                 startedMs = now;
+                lastRiseWallMs = System.currentTimeMillis();
             }
             if (partitions.isEmpty()) {
                 if (now - startedMs >= spec.idleMs) {
@@ -146,8 +157,19 @@ public final class PartitionWatermarks implements WatermarkStrategy<Row> {
                     idle = false;
                     output.markActive();
                 }
-                output.emitWatermark(new Watermark(lowest - spec.lagMs));
+                long watermark = lowest - spec.lagMs;
+                if (watermark > emitted) {
+                    emitted = watermark;
+                    lastRiseWallMs = System.currentTimeMillis();
+                }
+                output.emitWatermark(new Watermark(watermark));
             }
+        }
+
+        /** Wall-clock ms since the watermark last rose; 0 before the subtask runs. */
+        long stalledMs() {
+            long since = lastRiseWallMs;
+            return since < 0 ? 0L : System.currentTimeMillis() - since;
         }
 
         private void markIdle(WatermarkOutput output) {
