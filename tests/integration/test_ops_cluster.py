@@ -137,7 +137,7 @@ def test_stop_with_savepoint_then_resume_keeps_a_pending_cart(
                       timeout_s=90, settle_s=5, isolation_level="read_committed")
     notifications = [json.loads(r.value) for r in records]
     assert [(n["trigger"], n["user_id"], n["fired_at"]) for n in notifications] == [
-        ("cart_abandoned", "u-keep", t0 + 30 * M)]
+        ("cart_abandoned", "u-keep", t0 + 30 * M)], watermarks(resumed)  # seen flaky once
     assert notifications[0]["payload"]["cart_value"] == 20.0
 
 
