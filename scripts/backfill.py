@@ -82,17 +82,14 @@ def json_lines(path: Path) -> Iterator[Record]:
                 yield Record(user_key(value), value, None, None)
 
 
-def registered_schema_id(writer_schema: dict[str, Any]) -> int:
-    """The id schemas/registry.json gives `writer_schema` (same parsing canonical form)."""
+def registered_schema_id(writer_schema: dict[str, Any], resolver: Any) -> int:
+    """The id schemas/registry.json gives `writer_schema` (same parsing canonical form);
+    `resolver` is a udfs.codecs.LocalSchemas of it."""
     from fastavro.schema import parse_schema, to_parsing_canonical_form
 
-    from schemas import SCHEMA_DIR
-
     wanted = to_parsing_canonical_form(parse_schema(writer_schema))
-    registry = json.loads((SCHEMA_DIR / "registry.json").read_text(encoding="utf-8"))
-    for schema_id, name in registry.items():
-        schema = json.loads((SCHEMA_DIR / name).read_text(encoding="utf-8"))
-        if to_parsing_canonical_form(parse_schema(schema)) == wanted:
+    for schema_id in resolver.files:
+        if to_parsing_canonical_form(resolver.resolve(schema_id)) == wanted:
             return int(schema_id)
     raise BackfillError("the Avro file's schema is none of schemas/registry.json's; "
                         "write it with one of schemas/event.v*.avsc")
@@ -110,7 +107,7 @@ def avro_container(path: Path) -> Iterator[Record]:
         reader = fastavro.reader(data)
         if not isinstance(reader.writer_schema, dict):
             raise BackfillError(f"--file {path}: the Avro file's schema is not a record")
-        schema_id = registered_schema_id(reader.writer_schema)
+        schema_id = registered_schema_id(reader.writer_schema, resolver)
         for event in reader:
             if not isinstance(event, dict):
                 raise BackfillError(f"--file {path}: a record that is not a record")
@@ -142,8 +139,9 @@ def parse_time(text: str, option: str) -> int:
 
 
 def topic_records(bootstrap: str, topic: str, since_ms: int, until_ms: int | None
-                  ) -> tuple[int, Iterator[Record]]:
-    """How many records of `topic` have Kafka timestamps in [since, until), and them."""
+                  ) -> tuple[int, int, Iterator[Record]]:
+    """How many partitions `topic` has, how many of its records have Kafka timestamps
+    in [since, until), and them."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
@@ -181,18 +179,7 @@ def topic_records(bootstrap: str, topic: str, since_ms: int, until_ms: int | Non
         finally:
             consumer.close()
 
-    return sum(b - a for a, b in wanted.values()), read()
-
-
-def partition_count(bootstrap: str, topic: str) -> int | None:
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        return len(partitions) if partitions else None
-    finally:
-        consumer.close()
+    return len(partitions), sum(b - a for a, b in wanted.values()), read()
 
 
 def copy_into(bootstrap: str, topic: str, records: Iterator[Record], total: int | None,
@@ -233,23 +220,12 @@ def job_environ(settings: Settings, run: str) -> dict[str, str]:
             "NUDGE_KAFKA__STARTING_OFFSETS": "earliest"}
 
 
-def committed(bootstrap: str, group: str, topic: str) -> int:
-    """Records of `topic` that `group` has committed (Flink commits at checkpoints)."""
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-    try:
-        offsets = admin.list_group_offsets(group).get(group, {})
-    finally:
-        admin.close()
-    return sum(meta.offset for tp, meta in offsets.items()
-               if tp.topic == topic and meta.offset > 0)
-
-
 def run_job(job: str, settings: Settings, run: str, topic: str, total: int,
             progress_s: float) -> float:
     """Run `job` bounded over `topic` in a child process (a local minicluster), printing
     progress; return its wall time. BackfillError when it fails."""
+    from scripts.ops import consumer_lag
+
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = LOG_DIR / f"{run}-{job}.log"
     environ = job_environ(settings, run)
@@ -265,7 +241,9 @@ def run_job(job: str, settings: Settings, run: str, topic: str, total: int,
                 child.wait(progress_s)
             except subprocess.TimeoutExpired:
                 try:
-                    done = f"{committed(settings.kafka.bootstrap, group, topic):,}"
+                    # the topic holds exactly the `total` records copied into it
+                    lag = consumer_lag(settings.kafka.bootstrap, group, topic)
+                    done = "?" if lag is None else f"{total - lag:,}"
                 except Exception as exc:  # progress is a courtesy; Kafka trouble shows later
                     done = f"? ({exc.__class__.__name__})"
                 # The Kafka source commits at checkpoints while it reads; once a
@@ -283,23 +261,17 @@ def run_job(job: str, settings: Settings, run: str, topic: str, total: int,
 
 
 def execute_bounded(job: str, topic: str, run: str, env: str | None) -> None:
-    """The child's side of run_job: build `job` over `topic`, bounded, and execute it."""
+    """The child's side of run_job: build `job` over `topic`, bounded, and execute it,
+    as a live job is run (jobs.runtime.run_job)."""
+    import functools
     import importlib
-    import logging
 
-    from jobs.runtime import create_environments, settings_or_exit
+    from jobs import runtime
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    settings = settings_or_exit(env)
     module = importlib.import_module(f"jobs.{job}")
     name = f"{module.JOB_NAME}-backfill-{run}"
-    try:
-        stream_env, t_env = create_environments(settings)
-        module.build(stream_env, t_env, settings, topic=topic, bounded=True, name=name)
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
-    stream_env.execute(name)
+    build = functools.partial(module.build, topic=topic, bounded=True, name=name)
+    runtime.run_job(name, build, ["--env", env] if env else [], f"backfill of {job}")
 
 
 # --- report --------------------------------------------------------------------------------
@@ -408,12 +380,11 @@ def backfill(args: argparse.Namespace, settings: Settings) -> Report:
     if args.file is not None:
         source, total = f"file {args.file}", None
         records = file_records(args.file, args.format)
-        partitions = args.partitions or partition_count(bootstrap, settings.topics.events) or 2
+        partitions = args.partitions or len(end_offsets(bootstrap, settings.topics.events)) or 2
     else:
         since = parse_time(args.since, "--since")
         until = None if args.until is None else parse_time(args.until, "--until")
-        partitions = partition_count(bootstrap, args.from_topic) or 0
-        total, records = topic_records(bootstrap, args.from_topic, since, until)
+        partitions, total, records = topic_records(bootstrap, args.from_topic, since, until)
         source = f"topic {args.from_topic} [{args.since}, {args.until or 'end'})"
     create_topic(bootstrap, topic, partitions)
     copied, users = copy_into(bootstrap, topic, records, total, args.progress)

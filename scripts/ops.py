@@ -233,13 +233,15 @@ class JobStatus:
         self.lines.append(f"  {label:<22} {value}")
 
 
-def vertex_metrics(job_id: str, vertex_id: str, names: list[str]) -> dict[str, float]:
-    """Metrics summed over a vertex's subtasks (names that do not exist are left out)."""
+def vertex_metrics(job_id: str, vertex_id: str, names: list[str],
+                   agg: str = "sum") -> dict[str, float]:
+    """Metrics aggregated (`agg`: sum, min, max, avg) over a vertex's subtasks (names
+    that do not exist are left out)."""
     if not names:
         return {}
     rows = rest(f"/jobs/{job_id}/vertices/{vertex_id}/subtasks/metrics"
-                f"?get={quote(','.join(names), safe=',')}&agg=sum")
-    return {row["id"]: float(row["sum"]) for row in rows if "sum" in row}
+                f"?get={quote(','.join(names), safe=',')}&agg={agg}")
+    return {row["id"]: float(row[agg]) for row in rows if agg in row}
 
 
 def custom_metrics(job_id: str, vertex_id: str) -> dict[str, float]:
@@ -259,11 +261,7 @@ def event_time_stall(job_id: str, vertex_id: str) -> int | None:
     None when the vertex has no such gauge."""
     listed = rest(f"/jobs/{job_id}/vertices/{vertex_id}/subtasks/metrics")
     names = [m["id"] for m in listed if m["id"].endswith(STALL) and "privacy" not in m["id"]]
-    if not names:
-        return None
-    rows = rest(f"/jobs/{job_id}/vertices/{vertex_id}/subtasks/metrics"
-                f"?get={quote(','.join(names), safe=',')}&agg=min")
-    values = [float(row["min"]) for row in rows if "min" in row]
+    values = vertex_metrics(job_id, vertex_id, names, agg="min").values()
     return int(min(values)) if values else None
 
 
