@@ -2,7 +2,9 @@
 events out; everything else to the dead-letter topic with a reason.
 
     events topic (raw bytes + topic/partition/offset/timestamp metadata)
-      │ parse_event: Python table function, JSON or Confluent Avro → normalized columns
+      │ JSON decoded and validated in SQL (jobs/json_decode.py); Confluent Avro and the
+      │   rare JSON SQL leaves alone by parse_event, a Python table function → one
+      │   table of normalized columns (decode_events)
       │ event time: per partition, from the validated ts of accepted records only
       │   (dev.nudge.flink.PartitionWatermarks); watermark = lowest of the partitions'
       │   highest ts − (watermark delay + allowed lateness)
@@ -14,8 +16,9 @@ events out; everything else to the dead-letter topic with a reason.
       ▼
     view `events` (append-only, rowtime attribute)
 
-Decoding and validation stay in Python (`udfs.events`): one set of rules gives every
-rejection its reason, for JSON and Avro alike. Everything after parsing runs in the JVM.
+`udfs.events` defines validity and every rejection's reason, for JSON and Avro alike;
+jobs/json_decode.py is the same rules in SQL for JSON, so that the volume never crosses
+into Python (tests/pipeline/test_json_decode.py holds the two to the same answers).
 
 Event time is the normalized `ts` of each accepted record, whatever its format (JSON
 integer ms, JSON ISO-8601 string, Avro): the watermarks are made right after the decode,
@@ -97,8 +100,10 @@ def _parse_event_function(settings: Settings) -> Any:
             self.rules = EventRules(max_future_ms=events.max_future_ms,
                                     default_currency=events.default_currency)
             group = function_context.get_metric_group().add_group("nudge")
-            self.parsed = group.counter("events_parsed")
-            self.rejected = group.counter("events_rejected")
+            # what this Python stage decided (Avro, and the JSON SQL leaves to it); the
+            # whole stage's counts are events_parsed / events_rejected (with_event_time)
+            self.parsed = group.counter("python_parsed")
+            self.rejected = group.counter("python_rejected")
 
         def eval(self, value: bytes | None, kafka_ts: int | None) -> Any:
             from udfs.events import Rejection, decode_and_validate
@@ -181,8 +186,42 @@ def est_time_sql(ts: str, error: str) -> str:
     return f"TO_TIMESTAMP_LTZ(CASE WHEN {error} IS NULL THEN {ts} ELSE 0 END, 3)"
 
 
+def decode_events(t_env: Any, settings: Settings, raw: str, prefix: str = "",
+                  json_in_sql: bool = True) -> Any:
+    """`raw`'s records (SOURCE_COLUMNS and `kafka_ms`) decoded and validated: JSON in SQL
+    (jobs/json_decode.py), Avro and the few JSON records SQL leaves alone by the Python
+    table function `parse_event` (udfs.events). Columns: SOURCE_COLUMNS, EVENT_FIELDS,
+    `error`, `lane` (NULL, or 'python' for the rows Python decided) and `est_time`.
+    `json_in_sql` False: every record through Python, in one lane."""
+    from jobs.json_decode import DEFER, decode_sql
+    from udfs.events import EventRules
+
+    rules = EventRules(max_future_ms=settings.events.max_future_ms,
+                       default_currency=settings.events.default_currency)
+    t_env.create_temporary_function(f"{prefix}parse_event", _parse_event_function(settings))
+    in_sql = f"{prefix}events_sql"
+    t_env.create_temporary_view(in_sql, t_env.sql_query(
+        decode_sql(raw, (*SOURCE_COLUMNS, "kafka_ms"), rules) if json_in_sql else
+        f"SELECT *, CAST(NULL AS STRING) AS `lane` FROM {q(raw)}"))
+    source = ", ".join(f"r.{q(c)}" for c in SOURCE_COLUMNS)
+    in_python = f"""
+        SELECT {source}, {', '.join(f'e.{q(f)}' for f in EVENT_FIELDS)}, e.`error`, r.`lane`,
+               {est_time_sql('e.`ts`', 'e.`error`')} AS est_time
+        FROM {q(in_sql)} AS r,
+        LATERAL TABLE({prefix}parse_event(r.`v`, r.`kafka_ms`))
+          AS e({', '.join(q(f) for f in (*EVENT_FIELDS, 'error'))})
+        {f"WHERE r.`lane` = '{DEFER}'" if json_in_sql else ""}"""
+    if not json_in_sql:
+        return t_env.sql_query(in_python)
+    return t_env.sql_query(f"""
+        SELECT {source}, {', '.join(f'r.{q(f)}' for f in EVENT_FIELDS)}, r.`error`, r.`lane`,
+               {est_time_sql('r.`ts`', 'r.`error`')} AS est_time
+        FROM {q(in_sql)} AS r WHERE r.`lane` IS NULL
+        UNION ALL {in_python}""")
+
+
 def with_event_time(t_env: Any, settings: Settings, decoded: Any, name: str,
-                    hold_lateness: bool, schema: Any) -> Any:
+                    hold_lateness: bool, schema: Any, counters: str | None = None) -> Any:
     """`decoded` (columns src_partition, error and est_time among others) as a new table
     with `schema`, its watermarks made per Kafka partition from est_time by
     dev.nudge.flink.PartitionWatermarks: the lowest, over the partitions not idle, of the
@@ -200,7 +239,7 @@ def with_event_time(t_env: Any, settings: Settings, decoded: Any, name: str,
     names = decoded.get_schema().get_field_names()
     strategy = nudge_java_class(WATERMARKS)(
         names.index("est_time"), names.index("src_partition"), names.index("error"),
-        watermark_lag_ms(settings, hold_lateness), settings.events.idle_timeout_ms)
+        watermark_lag_ms(settings, hold_lateness), settings.events.idle_timeout_ms, counters)
     j_stream = (t_env.to_data_stream(decoded)._j_data_stream
                 .assignTimestampsAndWatermarks(strategy)
                 .name(f"{name}: event time per partition").uid(f"{name}-event-time"))
@@ -277,22 +316,16 @@ def read_events(t_env: Any, settings: Settings, statements: Any, group_id: str,
         # Late events go to the same topic through a sink of their own, so that its
         # numRecordsOut on the dashboard is the count of late events.
         create_dlq_sink(t_env, settings, f"{dlq}_late")
-    t_env.create_temporary_function(f"{prefix}parse_event", _parse_event_function(settings))
-
-    fields = ", ".join(f"e.{q(f)}" for f in EVENT_FIELDS)
-    decoded = t_env.sql_query(f"""
-        SELECT r.`k`, r.`v`, r.src_topic, r.src_partition, r.src_offset, {fields}, e.`error`,
-               {est_time_sql('e.`ts`', 'e.`error`')} AS est_time
-        FROM {q(raw)} AS r,
-        LATERAL TABLE({prefix}parse_event(r.`v`, r.kafka_ms))
-          AS e({', '.join(q(f) for f in (*EVENT_FIELDS, 'error'))})""")
+    # JSON in SQL needs its rows merged back in offset order first (issue 31, next step):
+    # Python rows come back later than the SQL rows behind them.
+    decoded = decode_events(t_env, settings, raw, prefix, json_in_sql=False)
     # Event time, and a boundary: the DLQ insert and the main pipeline are planned
     # separately, and without it each would read the topic and run the Python parser again.
     t_env.create_temporary_view(parsed, with_event_time(
         t_env, settings, decoded, parsed, hold_lateness,
         Schema.new_builder()
         .watermark("est_time", "SOURCE_WATERMARK()")
-        .column_by_expression("proc", "PROCTIME()").build()))
+        .column_by_expression("proc", "PROCTIME()").build(), counters="events"))
     if dead_letters:
         statements.add_insert_sql(
             f"INSERT INTO {q(dlq)} {_dlq_select(parsed, 'error')} WHERE `error` IS NOT NULL")

@@ -10,6 +10,7 @@ import org.apache.flink.api.common.eventtime.WatermarkGenerator;
 import org.apache.flink.api.common.eventtime.WatermarkGeneratorSupplier;
 import org.apache.flink.api.common.eventtime.WatermarkOutput;
 import org.apache.flink.api.common.eventtime.WatermarkStrategy;
+import org.apache.flink.metrics.Counter;
 import org.apache.flink.metrics.Gauge;
 import org.apache.flink.types.Row;
 import org.apache.flink.util.clock.RelativeClock;
@@ -42,11 +43,27 @@ public final class PartitionWatermarks implements WatermarkStrategy<Row> {
     private final int timeField;
     private final int partitionField;
     private final int errorField;
+    private final String counters; // null: none
     private final long lagMs;
     private final long idleMs;
 
     public PartitionWatermarks(
             int timeField, int partitionField, int errorField, long lagMs, long idleMs) {
+        this(timeField, partitionField, errorField, lagMs, idleMs, null);
+    }
+
+    /**
+     * With {@code counters} not null, the operator also counts what it sees, as
+     * {@code nudge.<counters>_parsed} (accepted records) and {@code nudge.<counters>_rejected}:
+     * the decode runs in SQL and in Python, and this is where both meet.
+     */
+    public PartitionWatermarks(
+            int timeField,
+            int partitionField,
+            int errorField,
+            long lagMs,
+            long idleMs,
+            String counters) {
         if (lagMs < 0 || idleMs <= 0) {
             throw new IllegalArgumentException(
                     "lagMs must be >= 0 and idleMs > 0, got " + lagMs + " and " + idleMs);
@@ -54,6 +71,7 @@ public final class PartitionWatermarks implements WatermarkStrategy<Row> {
         this.timeField = timeField;
         this.partitionField = partitionField;
         this.errorField = errorField;
+        this.counters = counters;
         this.lagMs = lagMs;
         this.idleMs = idleMs;
     }
@@ -69,7 +87,14 @@ public final class PartitionWatermarks implements WatermarkStrategy<Row> {
     @Override
     public WatermarkGenerator<Row> createWatermarkGenerator(
             WatermarkGeneratorSupplier.Context context) {
-        Generator generator = new Generator(this, context.getInputActivityClock());
+        Counter parsed = null;
+        Counter rejected = null;
+        if (counters != null) {
+            parsed = context.getMetricGroup().addGroup("nudge").counter(counters + "_parsed");
+            rejected = context.getMetricGroup().addGroup("nudge").counter(counters + "_rejected");
+        }
+        Generator generator =
+                new Generator(this, context.getInputActivityClock(), parsed, rejected);
         // How long this subtask's event time has stood still: wall-clock ms since its
         // watermark last rose (or since it began to run, when it has none yet). On a
         // quiet topic nothing moves it until the next record (docs/operations.md).
@@ -99,20 +124,29 @@ public final class PartitionWatermarks implements WatermarkStrategy<Row> {
         private long emitted = Long.MIN_VALUE; // the highest watermark emitted
         private volatile long lastRiseWallMs = -1; // wall clock when it last rose
 
-        Generator(PartitionWatermarks spec, RelativeClock clock) {
+        private final Counter parsed; // null: not counted
+        private final Counter rejected;
+
+        Generator(PartitionWatermarks spec, RelativeClock clock, Counter parsed, Counter rejected) {
             this.spec = spec;
             this.clock = clock;
+            this.parsed = parsed;
+            this.rejected = rejected;
         }
 
         @Override
         public void onEvent(Row row, long time, WatermarkOutput output) {
             Integer key = (Integer) row.getField(spec.partitionField);
+            boolean rejected = row.getField(spec.errorField) != null;
+            if (parsed != null) {
+                (rejected ? this.rejected : parsed).inc();
+            }
             Partition partition = partitions.get(key);
             if (partition == null) {
                 partition = new Partition(); // its activity starts at the next emit
                 partitions.put(key, partition);
             }
-            if (row.getField(spec.errorField) != null) {
+            if (rejected) {
                 return; // rejected: never moves event time, never keeps a partition active
             }
             if (time > partition.maxTime) {
