@@ -133,6 +133,7 @@ def kafka_options(settings: Settings, topic: str) -> str:
 
 KAFKA_MS = "(EXTRACT(EPOCH FROM kafka_ts) * 1000 + EXTRACT(MILLISECOND FROM kafka_ts))"
 WATERMARKS = "dev.nudge.flink.PartitionWatermarks"  # jobs/java/, in nudge's operator jar
+OFFSET_ORDER = "dev.nudge.flink.OffsetOrderMerge"
 
 
 def watermark_lag_ms(settings: Settings, hold_lateness: bool = True) -> int:
@@ -186,42 +187,60 @@ def est_time_sql(ts: str, error: str) -> str:
     return f"TO_TIMESTAMP_LTZ(CASE WHEN {error} IS NULL THEN {ts} ELSE 0 END, 3)"
 
 
-def decode_events(t_env: Any, settings: Settings, raw: str, prefix: str = "",
-                  json_in_sql: bool = True) -> Any:
-    """`raw`'s records (SOURCE_COLUMNS and `kafka_ms`) decoded and validated: JSON in SQL
-    (jobs/json_decode.py), Avro and the few JSON records SQL leaves alone by the Python
-    table function `parse_event` (udfs.events). Columns: SOURCE_COLUMNS, EVENT_FIELDS,
-    `error`, `lane` (NULL, or 'python' for the rows Python decided) and `est_time`.
-    `json_in_sql` False: every record through Python, in one lane."""
+def decode_events(t_env: Any, settings: Settings, raw: str, prefix: str = "") -> Any:
+    """`raw`'s records (SOURCE_COLUMNS and `kafka_ms`) decoded and validated, as a Java
+    DataStream of rows in Kafka offset order per partition, and its column names:
+    SOURCE_COLUMNS, `kafka_ms`, EVENT_FIELDS, `error`, `lane` and `est_time`.
+
+    JSON is decoded in SQL (jobs/json_decode.py); Avro and the few JSON records SQL leaves
+    alone (`lane` 'python') by the Python table function `parse_event` (udfs.events).
+    dev.nudge.flink.OffsetOrderMerge puts Python's results back in their places, so that
+    what follows sees the topic's order whatever decoded each record."""
+    from pyflink.datastream import DataStream
+
     from jobs.json_decode import DEFER, decode_sql
+    from jobs.runtime import nudge_java_class
     from udfs.events import EventRules
 
     rules = EventRules(max_future_ms=settings.events.max_future_ms,
                        default_currency=settings.events.default_currency)
     t_env.create_temporary_function(f"{prefix}parse_event", _parse_event_function(settings))
-    in_sql = f"{prefix}events_sql"
-    t_env.create_temporary_view(in_sql, t_env.sql_query(
-        decode_sql(raw, (*SOURCE_COLUMNS, "kafka_ms"), rules) if json_in_sql else
-        f"SELECT *, CAST(NULL AS STRING) AS `lane` FROM {q(raw)}"))
-    source = ", ".join(f"r.{q(c)}" for c in SOURCE_COLUMNS)
-    in_python = f"""
-        SELECT {source}, {', '.join(f'e.{q(f)}' for f in EVENT_FIELDS)}, e.`error`, r.`lane`,
+    source = (*SOURCE_COLUMNS, "kafka_ms")
+    columns = ", ".join(q(c) for c in (*source, *EVENT_FIELDS))
+    # every record: decoded, or a placeholder for Python (`lane` not NULL)
+    in_sql = t_env.sql_query(f"""
+        SELECT {columns}, CAST(`error` AS STRING) AS `error`, CAST(`lane` AS STRING) AS `lane`,
+               {est_time_sql('`ts`', '`error`')} AS est_time
+        FROM ({decode_sql(raw, source, rules)})""")
+    names = in_sql.get_schema().get_field_names()
+    merge = nudge_java_class(OFFSET_ORDER)
+    j_all = t_env.to_data_stream(in_sql)._j_data_stream
+    j_placeholders = (j_all.filter(merge.placeholders(names.index("lane")))
+                      .name(f"{prefix}events: to Python (Avro, rare JSON)"))
+    to_python = f"{prefix}events_to_python"
+    t_env.create_temporary_view(to_python, t_env.from_data_stream(DataStream(j_placeholders)))
+    decided = t_env.sql_query(f"""
+        SELECT {', '.join(f'r.{q(c)}' for c in source)},
+               {', '.join(f'e.{q(f)}' for f in EVENT_FIELDS)}, e.`error`, r.`lane`,
                {est_time_sql('e.`ts`', 'e.`error`')} AS est_time
-        FROM {q(in_sql)} AS r,
+        FROM {q(to_python)} AS r,
         LATERAL TABLE({prefix}parse_event(r.`v`, r.`kafka_ms`))
           AS e({', '.join(q(f) for f in (*EVENT_FIELDS, 'error'))})
-        {f"WHERE r.`lane` = '{DEFER}'" if json_in_sql else ""}"""
-    if not json_in_sql:
-        return t_env.sql_query(in_python)
-    return t_env.sql_query(f"""
-        SELECT {source}, {', '.join(f'r.{q(f)}' for f in EVENT_FIELDS)}, r.`error`, r.`lane`,
-               {est_time_sql('r.`ts`', 'r.`error`')} AS est_time
-        FROM {q(in_sql)} AS r WHERE r.`lane` IS NULL
-        UNION ALL {in_python}""")
+        WHERE r.`lane` = '{DEFER}'""")
+    j_decided = t_env.to_data_stream(decided)._j_data_stream
+    if str(j_decided.getType()) != str(j_all.getType()):
+        raise AssertionError(f"row types differ: {j_all.getType()} / {j_decided.getType()}")
+    merged = (j_all.connect(j_decided)
+              .transform(f"{prefix}events: in offset order", j_all.getType(),
+                         merge(names.index("src_partition"), names.index("src_offset"),
+                               names.index("lane")))
+              .uid(f"{prefix}events-offset-order"))
+    return merged, names
 
 
 def with_event_time(t_env: Any, settings: Settings, decoded: Any, name: str,
-                    hold_lateness: bool, schema: Any, counters: str | None = None) -> Any:
+                    hold_lateness: bool, schema: Any, counters: str | None = None,
+                    names: list[str] | None = None) -> Any:
     """`decoded` (columns src_partition, error and est_time among others) as a new table
     with `schema`, its watermarks made per Kafka partition from est_time by
     dev.nudge.flink.PartitionWatermarks: the lowest, over the partitions not idle, of the
@@ -236,12 +255,13 @@ def with_event_time(t_env: Any, settings: Settings, decoded: Any, name: str,
 
     from jobs.runtime import nudge_java_class
 
-    names = decoded.get_schema().get_field_names()
+    if names is None:  # a Table; else a Java DataStream of rows with these columns
+        names = decoded.get_schema().get_field_names()
+        decoded = t_env.to_data_stream(decoded)._j_data_stream
     strategy = nudge_java_class(WATERMARKS)(
         names.index("est_time"), names.index("src_partition"), names.index("error"),
         watermark_lag_ms(settings, hold_lateness), settings.events.idle_timeout_ms, counters)
-    j_stream = (t_env.to_data_stream(decoded)._j_data_stream
-                .assignTimestampsAndWatermarks(strategy)
+    j_stream = (decoded.assignTimestampsAndWatermarks(strategy)
                 .name(f"{name}: event time per partition").uid(f"{name}-event-time"))
     return t_env.from_data_stream(DataStream(j_stream), schema)
 
@@ -316,16 +336,14 @@ def read_events(t_env: Any, settings: Settings, statements: Any, group_id: str,
         # Late events go to the same topic through a sink of their own, so that its
         # numRecordsOut on the dashboard is the count of late events.
         create_dlq_sink(t_env, settings, f"{dlq}_late")
-    # JSON in SQL needs its rows merged back in offset order first (issue 31, next step):
-    # Python rows come back later than the SQL rows behind them.
-    decoded = decode_events(t_env, settings, raw, prefix, json_in_sql=False)
+    decoded, names = decode_events(t_env, settings, raw, prefix)
     # Event time, and a boundary: the DLQ insert and the main pipeline are planned
     # separately, and without it each would read the topic and run the Python parser again.
     t_env.create_temporary_view(parsed, with_event_time(
         t_env, settings, decoded, parsed, hold_lateness,
         Schema.new_builder()
         .watermark("est_time", "SOURCE_WATERMARK()")
-        .column_by_expression("proc", "PROCTIME()").build(), counters="events"))
+        .column_by_expression("proc", "PROCTIME()").build(), counters="events", names=names))
     if dead_letters:
         statements.add_insert_sql(
             f"INSERT INTO {q(dlq)} {_dlq_select(parsed, 'error')} WHERE `error` IS NOT NULL")

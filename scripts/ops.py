@@ -256,8 +256,8 @@ STALL = ".nudge.event_time_stalled_ms"  # a gauge of dev.nudge.flink.PartitionWa
 
 
 def event_time_stall(job_id: str, vertex_id: str) -> int | None:
-    """How long the events' event time has stood still on `vertex_id` (the source
-    chain): the least, over its subtasks, of the time since a subtask's watermark rose;
+    """How long the events' event time has stood still on `vertex_id` (where their
+    watermarks are made): the least, over its subtasks, of the time since a subtask's watermark rose;
     None when the vertex has no such gauge."""
     listed = rest(f"/jobs/{job_id}/vertices/{vertex_id}/subtasks/metrics")
     names = [m["id"] for m in listed if m["id"].endswith(STALL) and "privacy" not in m["id"]]
@@ -328,7 +328,9 @@ def job_status(job: str, settings: Any, limits: Limits, now_ms: int) -> JobStatu
     mark = min_watermark(job_id, last["id"])
     st.add("watermark lag", "no watermark yet" if mark is None
            else f"{_duration(now_ms - mark)} behind wall clock")
-    stalled = event_time_stall(job_id, vertices[0]["id"])
+    # where the events' watermarks are made (after the source chain since issue 31)
+    timed = next((v for v in vertices if "events_parsed: event time" in v["name"]), vertices[0])
+    stalled = event_time_stall(job_id, timed["id"])
     if stalled is not None:
         st.add("event time", f"last moved {_duration(stalled)} ago")
         if stalled >= limits.max_event_time_stall_ms:

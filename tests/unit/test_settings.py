@@ -69,6 +69,7 @@ def test_environment_variables_override_any_path() -> None:
     ({"NUDGE_FLINK__CHECKPOINT_TIMEOUT_MS": "1s"}, "flink.checkpoint_timeout_ms"),
     ({"NUDGE_FLINK__RESTART_MAX_BACKOFF_MS": "10ms"}, "flink.restart_max_backoff_ms"),
     ({"NUDGE_FLINK__WATERMARK_INTERVAL_MS": "1ms"}, "flink.watermark_interval_ms"),
+    ({"NUDGE_FLINK__UNALIGNED_CHECKPOINTS": "true"}, "flink.unaligned_checkpoints"),
 ])
 def test_invalid_settings_name_the_setting(environ: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=rf"setting {named}\b"):
