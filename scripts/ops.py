@@ -257,8 +257,8 @@ STALL = ".nudge.event_time_stalled_ms"  # a gauge of dev.nudge.flink.PartitionWa
 
 def event_time_stall(job_id: str, vertex_id: str) -> int | None:
     """How long the events' event time has stood still on `vertex_id` (where their
-    watermarks are made): the least, over its subtasks, of the time since a subtask's watermark rose;
-    None when the vertex has no such gauge."""
+    watermarks are made): the least, over its subtasks, of the time since a subtask's
+    watermark rose; None when the vertex has no such gauge."""
     listed = rest(f"/jobs/{job_id}/vertices/{vertex_id}/subtasks/metrics")
     names = [m["id"] for m in listed if m["id"].endswith(STALL) and "privacy" not in m["id"]]
     values = vertex_metrics(job_id, vertex_id, names, agg="min").values()
