@@ -110,10 +110,13 @@ class EventSettings:
     idle_timeout_ms: int
     dedup_horizon_ms: int
     dedup_max_ids: int
+    json_decode: str
 
     def check(self) -> None:
         _require(bool(re.fullmatch(r"[A-Z]{3}", self.default_currency)),
                  "events.default_currency", "must be an ISO 4217 code such as EUR")
+        _require(self.json_decode in ("python", "sql"), "events.json_decode",
+                 "must be python or sql")
         for name in ("max_future_ms", "watermark_delay_ms", "allowed_lateness_ms",
                      "idle_timeout_ms", "dedup_horizon_ms", "dedup_max_ids"):
             _require(getattr(self, name) > 0, f"events.{name}", "must be positive")

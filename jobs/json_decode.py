@@ -19,16 +19,25 @@ into Python. `decode_sql` gives, per raw record, the event's columns (EVENT_COLU
                       (orjson refuses what overflows a double), duplicate keys
                     - a `ts` given as an ISO-8601 string or as a non-integral number
                     - a `quantity` given as a non-integral number
+                    - an object among the fields other than `consent` with both flags
+                      as booleans (and no other key), a `{` inside a string, a string
+                      with an escaped quote (see "How fields are read")
 
 A deferred record is decided by Python as a whole, with every rule, so the reason is
-always the one `udfs.events` gives. What is deferred is rare in real traffic (Avro aside);
-tests/pipeline/test_json_decode.py holds both decoders to the same answers.
+always the one `udfs.events` gives. tests/pipeline/test_json_decode.py holds both decoders
+to the same answers, and each case to the lane this docstring gives it.
 
-How a field's JSON type is read: `JSON_QUERY(s, '$.f' WITH UNCONDITIONAL ARRAY WRAPPER)`
-returns the field as JSON text inside brackets (`["u42"]`, `[5]`, `[true]`, `[{...}]`),
-NULL when absent or null, so that its first character says string, number, boolean,
-object or array; `JSON_VALUE` alone cannot tell "5" from 5. Each such call parses the
-document (Flink 2.2 has no parse-once), which costs about 1 µs per field here.
+How fields are read: the document is parsed twice, by `JSON_QUERY(doc, '$')` (Jackson's
+compact re-serialization, only to find trailing content: it has as many `}` as the text
+unless something follows the object) and by `JSON_QUERY(doc, '$[''event_id'', ...]')`,
+the document's own fields of _FIELDS as compact, key-sorted JSON (`projection`). In it
+`"name":` can only be a key, so each field is cut out with string functions and written
+as wrapped JSON text (`["u42"]`, `[5]`, `[true]`, `[{]` for an object): its first
+character says string, number, boolean, object or array — `JSON_VALUE` alone cannot tell
+"5" from 5. (One `JSON_QUERY` per field, wrapped, costs a parse each: ~2 µs per field.)
+
+Status (2026-12-07): correct, but slower here than the Python decoder it would replace
+(docs/performance.md, issue 31), so `events.json_decode` defaults to `python`.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from collections.abc import Iterable
 
 from udfs.events import EVENT_TYPES, MAX_QUANTITY, MAX_TS_MS, NEEDS_PRODUCT, EventRules
 
-__all__ = ["DEFER", "decode_sql", "wrapped_fields"]
+__all__ = ["DEFER", "decode_sql"]
 
 # Flink expands every reference to a column of a merged projection into its expression
 # (no common subexpressions in generated code): each of a field's dozen uses would parse
@@ -176,21 +185,46 @@ def _s(name: str) -> str:
     return f"`s_{name}`"
 
 
-def wrapped_fields(doc: str) -> str:
-    """The SELECT list of each field's wrapped JSON text (see the module docstring), from
-    the document `doc` (a STRING column, NULL when it is not to be parsed)."""
+_P = "`projection`"
+_CONSENT_FORMS = tuple(f'{{"marketing":{m},"personalization":{p}}}'
+                       for m in ("true", "false") for p in ("true", "false"))
+
+
+def _from_projection(name: str) -> str:
+    """A field's wrapped JSON text (see the module docstring), cut out of `projection`:
+    Jackson's compact, key-sorted text of the document's own fields of _FIELDS, in which
+    `"name":` can only be a key. Only the type of an array or object is kept."""
+    key = f'"{name}":'
+    at = f"LOCATE('{key}', {_P})"
+    start = f"({at} + {len(key)})"
+    first = f"SUBSTRING({_P}, {start}, 1)"
+    comma, brace = f"LOCATE(',', {_P}, {start})", f"LOCATE('}}', {_P}, {start})"
+    end = f"CASE WHEN {comma} > 0 AND {comma} < {brace} THEN {comma} ELSE {brace} END"
+    return (f"CASE WHEN {at} = 0 OR {first} = 'n' THEN NULL "
+            f"WHEN {first} = '\"' THEN CONCAT('[', SUBSTRING({_P}, {start}, "
+            f"LOCATE('\"', {_P}, {start} + 1) - {start} + 1), ']') "
+            f"WHEN {first} IN ('[', '{{') THEN CONCAT('[', {first}, ']') "
+            f"ELSE CONCAT('[', SUBSTRING({_P}, {start}, {end} - {start}), ']') END")
+
+
+def wrapped_fields() -> str:
+    """The SELECT list of each field's wrapped text, and of consent's object text."""
+    consent_at = f"LOCATE('\"consent\":{{', {_P})"
+    consent = (f"CASE WHEN {consent_at} > 0 THEN SUBSTRING({_P}, {consent_at} + 10, "
+               f"LOCATE('}}', {_P}, {consent_at}) - {consent_at} - 9) END")
     return ",\n               ".join(
-        _once(f"JSON_QUERY({doc}, '$.{f}' WITH UNCONDITIONAL ARRAY WRAPPER)") + f" AS {_w(f)}"
-        for f in _FIELDS)
+        [f"{_once(_from_projection(f))} AS {_w(f)}" for f in _FIELDS]
+        + [f"{_once(consent)} AS `consent_text`"])
 
 
 def _read_fields() -> str:
-    """consent's flags, read from consent's own (small) wrapped text, and the values of
-    the string fields."""
-    consent = _w("consent")
-    flags = [_once(f"CASE WHEN {consent} LIKE '[{{%' THEN JSON_QUERY({consent}, "
-                   f"'$[0].{flag}' WITH UNCONDITIONAL ARRAY WRAPPER) END")
-             + f" AS {_w('consent.' + flag)}" for flag in ("personalization", "marketing")]
+    """consent's flags (from its text, in one of _CONSENT_FORMS), and the values of the
+    string fields."""
+    flags = [f"CASE WHEN `consent_text` IS NULL THEN NULL "
+             f"WHEN `consent_text` LIKE '{pattern}' THEN '[true]' ELSE '[false]' END "
+             f"AS {_w('consent.' + flag)}"
+             for flag, pattern in (("marketing", '{"marketing":true,%'),
+                                   ("personalization", '%"personalization":true}'))]
     strings = [f"{_once(_str(_w(name)))} AS {_s(name)}" for name in _STRING_FIELDS]
     return ",\n               ".join(flags + strings)
 
@@ -219,10 +253,12 @@ def decode_sql(source: str, columns: tuple[str, ...], rules: EventRules) -> str:
                       WHEN REGEXP(`s`, '{_UNSAFE}') THEN '{DEFER}'
                  END AS `pre`
           FROM (SELECT *, {_once("CAST(`v` AS STRING)")} AS `s` FROM {q(source)}))"""
+    fields = ", ".join(f"''{f}''" for f in _FIELDS)
     parsed = f"""
         SELECT *, {_once("JSON_QUERY(`doc`, '$')")} AS `canonical`,
-               {wrapped_fields('`doc`')}
+               {_once(f"JSON_QUERY(`doc`, '$[{fields}]')")} AS {_P}
         FROM ({checked})"""
+    parsed = f"SELECT *, {wrapped_fields()} FROM ({parsed})"
     parsed = f"SELECT *, {_read_fields()} FROM ({parsed})"
     doc_rules = [
         ("`pre` IS NOT NULL", "`pre`"),
@@ -230,6 +266,14 @@ def decode_sql(source: str, columns: tuple[str, ...], rules: EventRules) -> str:
         ("RIGHT(`doc`, 1) <> '}' AND NOT REGEXP(`doc`, '\\}[ \\t\\r\\n]*$')",
          f"'{DEFER}'"),
         (f"{_count('`doc`', '}')} <> {_count('`canonical`', '}')}", f"'{DEFER}'"),
+        # objects among the fields other than consent in one of its usual forms, and
+        # strings whose closing quote follows a backslash: cut out of the text, they
+        # could be misread
+        (f"{_count(_P, '{')} <> CASE WHEN {_w('consent')} = '[{{]' THEN 2 ELSE 1 END",
+         f"'{DEFER}'"),
+        (f"{_w('consent')} = '[{{]' AND `consent_text` NOT IN ({_lit(_CONSENT_FORMS)})",
+         f"'{DEFER}'"),
+        *((f"RIGHT({_w(name)}, 3) = '\\\"]'", f"'{DEFER}'") for name in _STRING_FIELDS),
     ]
     cases = "\n                    ".join(
         [f"WHEN {c} THEN {r}" for c, r in doc_rules]

@@ -187,6 +187,31 @@ def est_time_sql(ts: str, error: str) -> str:
     return f"TO_TIMESTAMP_LTZ(CASE WHEN {error} IS NULL THEN {ts} ELSE 0 END, 3)"
 
 
+def _parsed_by_python(source_view: str, prefix: str, where: str = "") -> str:
+    """The query of `source_view`'s records decoded by `parse_event`: SOURCE_COLUMNS,
+    `kafka_ms`, EVENT_FIELDS, `error`, `lane` and `est_time`."""
+    source = (*SOURCE_COLUMNS, "kafka_ms")
+    return f"""
+        SELECT {', '.join(f'r.{q(c)}' for c in source)},
+               {', '.join(f'e.{q(f)}' for f in EVENT_FIELDS)}, e.`error`, r.`lane`,
+               {est_time_sql('e.`ts`', 'e.`error`')} AS est_time
+        FROM {q(source_view)} AS r,
+        LATERAL TABLE({prefix}parse_event(r.`v`, r.`kafka_ms`))
+          AS e({', '.join(q(f) for f in (*EVENT_FIELDS, 'error'))})
+        {where}"""
+
+
+def decode_in_python(t_env: Any, settings: Settings, raw: str, prefix: str = "") -> Any:
+    """`raw`'s records decoded and validated by the Python table function `parse_event`
+    (udfs.events), all of them (`events.json_decode: python`); the columns of
+    decode_events, `lane` NULL."""
+    t_env.create_temporary_function(f"{prefix}parse_event", _parse_event_function(settings))
+    view = f"{prefix}events_raw_laned"
+    t_env.create_temporary_view(view, t_env.sql_query(
+        f"SELECT *, CAST(NULL AS STRING) AS `lane` FROM {q(raw)}"))
+    return t_env.sql_query(_parsed_by_python(view, prefix))
+
+
 def decode_events(t_env: Any, settings: Settings, raw: str, prefix: str = "") -> Any:
     """`raw`'s records (SOURCE_COLUMNS and `kafka_ms`) decoded and validated, as a Java
     DataStream of rows in Kafka offset order per partition, and its column names:
@@ -219,14 +244,8 @@ def decode_events(t_env: Any, settings: Settings, raw: str, prefix: str = "") ->
                       .name(f"{prefix}events: to Python (Avro, rare JSON)"))
     to_python = f"{prefix}events_to_python"
     t_env.create_temporary_view(to_python, t_env.from_data_stream(DataStream(j_placeholders)))
-    decided = t_env.sql_query(f"""
-        SELECT {', '.join(f'r.{q(c)}' for c in source)},
-               {', '.join(f'e.{q(f)}' for f in EVENT_FIELDS)}, e.`error`, r.`lane`,
-               {est_time_sql('e.`ts`', 'e.`error`')} AS est_time
-        FROM {q(to_python)} AS r,
-        LATERAL TABLE({prefix}parse_event(r.`v`, r.`kafka_ms`))
-          AS e({', '.join(q(f) for f in (*EVENT_FIELDS, 'error'))})
-        WHERE r.`lane` = '{DEFER}'""")
+    decided = t_env.sql_query(_parsed_by_python(to_python, prefix,
+                                                 f"WHERE r.`lane` = '{DEFER}'"))
     j_decided = t_env.to_data_stream(decided)._j_data_stream
     if str(j_decided.getType()) != str(j_all.getType()):
         raise AssertionError(f"row types differ: {j_all.getType()} / {j_decided.getType()}")
@@ -336,7 +355,10 @@ def read_events(t_env: Any, settings: Settings, statements: Any, group_id: str,
         # Late events go to the same topic through a sink of their own, so that its
         # numRecordsOut on the dashboard is the count of late events.
         create_dlq_sink(t_env, settings, f"{dlq}_late")
-    decoded, names = decode_events(t_env, settings, raw, prefix)
+    if settings.events.json_decode == "sql":
+        decoded, names = decode_events(t_env, settings, raw, prefix)
+    else:  # every record through Python, in topic order already
+        decoded, names = decode_in_python(t_env, settings, raw, prefix), None
     # Event time, and a boundary: the DLQ insert and the main pipeline are planned
     # separately, and without it each would read the topic and run the Python parser again.
     t_env.create_temporary_view(parsed, with_event_time(

@@ -53,7 +53,9 @@ SQL, PY = "sql", "python"
 CASES: list[tuple[bytes | None, str]] = [
     *((doc(kind), SQL) for kind in BASE),
     (doc("add_to_cart", quantity=..., currency=..., consent=...), SQL),  # the defaults
-    (doc("search", query='say "hi"\n\\ \u00e9\u4e2d \U0001f600 }{'), SQL),  # escapes
+    (doc("search", query='say\n\\ \u00e9\u4e2d \U0001f600'), SQL),  # escapes
+    (doc("search", query="}{"), PY),  # braces in a string look like an object
+    (doc("search", query='say "hi"'), PY),  # an escaped quote: cut out of the text, misread
     (doc("page_view", page_url="https://x.test/a?b=1", device="ios", country="DE",
          referrer=""), SQL),
     (doc("purchase", order_total=0, price=-0.0), SQL),
@@ -80,12 +82,13 @@ CASES: list[tuple[bytes | None, str]] = [
     (AVRO, PY), (AVRO[:-3], PY), (b"\x00" + (77).to_bytes(4, "big") + AVRO[5:], PY),
     (b"\x00\x01", PY),
     # rules of udfs.events, in their order
-    *((doc(event_id=v), SQL) for v in (..., None, 5, True, [], {}, "")),
+    *((doc(event_id=v), SQL) for v in (..., None, 5, True, [], "")),
+    (doc(event_id={}), PY),  # an object among the fields: Python decides
     *((doc(event_type=v), SQL) for v in (..., 5, False, "", "wishlist_add", "PAGE_VIEW")),
     *((doc(user_id=v), SQL) for v in (..., 7.5, ["u"], "", "u" * 128, "u" * 257)),
     *((doc(user_id=v), SQL) for v in ("u" * 129, "\U0001f600" * 128, "\U0001f600" * 129)),
     (doc(event_type=5, user_id=...), SQL), (doc(event_id=..., user_id=...), SQL),
-    *((doc(ts=v), SQL) for v in (..., -1, True, {"ms": 1}, [TS], 253_402_300_800_000,
+    *((doc(ts=v), SQL) for v in (..., -1, True, [TS], 253_402_300_800_000,
                                  10**19, 10**25, TS + 86_400_001, TS + 86_400_000)),
     *((doc(ts=v), PY) for v in ("2025-11-29T01:40:00Z", "2025-11-29T01:40:00", float(TS),
                                 TS + 0.5, "", "soon")),
@@ -97,18 +100,23 @@ CASES: list[tuple[bytes | None, str]] = [
     *((doc("purchase", **{f: v}), SQL) for f in ("order_id", "order_total")
       for v in (..., None, "", 1, True)),
     (doc("page_view", order_id=5), SQL), (doc("page_view", order_total="5"), SQL),
-    *((doc(price=v), SQL) for v in ("9.99", True, -0.01, [1], {"v": 1}, 0)),
+    *((doc(price=v), SQL) for v in ("9.99", True, -0.01, [1], 0)),
+    (doc(ts={"ms": 1}), PY), (doc(price={"v": 1}), PY),
     *((doc(**{f: 5}), SQL) for f in ("session_id", "category", "query", "device", "country",
                                      "referrer", "page_url")),
     (doc(session_id=5, category=6, quantity="x"), SQL),
     *((doc(quantity=v), SQL) for v in ("2", True, 0, -1, 2**31 - 1, 2**31, 10**12, None)),
     *((doc(quantity=v), PY) for v in (2.0, 2.5)),
     *((doc(currency=v), SQL) for v in (5, "eur", "EURO", "EU", "\u00c9UR", "E1R", "")),
-    *((doc(consent=v), SQL) for v in (True, "yes", [True], {}, {"personalization": True},
-                                      {"personalization": "yes", "marketing": True},
-                                      {"personalization": True, "marketing": None},
-                                      {"personalization": True, "marketing": 1},
-                                      {"marketing": True, "personalization": False})),
+    *((doc(consent=v), SQL) for v in (True, "yes", [True],
+                                      {"marketing": True, "personalization": False},
+                                      {"personalization": False, "marketing": False})),
+    # consent objects other than both flags as booleans: Python decides
+    *((doc(consent=v), PY) for v in ({}, {"personalization": True},
+                                     {"personalization": "yes", "marketing": True},
+                                     {"personalization": True, "marketing": None},
+                                     {"personalization": True, "marketing": 1},
+                                     {"personalization": True, "marketing": True, "x": 1})),
 ]
 
 
@@ -213,7 +221,7 @@ def test_the_corpus_covers_acceptance_and_rejection_in_both_lanes(decoded):
     seen = {(got[-1] is None, lane) for got, lane in decoded["out"]}
     assert seen == {(True, None), (False, None), (True, "python"), (False, "python")}
     in_sql = sum(lane is None for _, lane in decoded["out"])
-    assert in_sql > 0.7 * len(decoded["out"])  # most of the random damage SQL decides
+    assert in_sql > 0.6 * len(decoded["out"])  # most of the random damage SQL decides
 
 
 def test_rows_leave_the_stage_in_offset_order_whichever_lane_decoded_them(decoded):

@@ -70,6 +70,7 @@ def test_environment_variables_override_any_path() -> None:
     ({"NUDGE_FLINK__RESTART_MAX_BACKOFF_MS": "10ms"}, "flink.restart_max_backoff_ms"),
     ({"NUDGE_FLINK__WATERMARK_INTERVAL_MS": "1ms"}, "flink.watermark_interval_ms"),
     ({"NUDGE_FLINK__UNALIGNED_CHECKPOINTS": "true"}, "flink.unaligned_checkpoints"),
+    ({"NUDGE_EVENTS__JSON_DECODE": "jvm"}, "events.json_decode"),
 ])
 def test_invalid_settings_name_the_setting(environ: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=rf"setting {named}\b"):
