@@ -190,31 +190,47 @@ _CONSENT_FORMS = tuple(f'{{"marketing":{m},"personalization":{p}}}'
                        for m in ("true", "false") for p in ("true", "false"))
 
 
-def _from_projection(name: str) -> str:
-    """A field's wrapped JSON text (see the module docstring), cut out of `projection`:
-    Jackson's compact, key-sorted text of the document's own fields of _FIELDS, in which
-    `"name":` can only be a key. Only the type of an array or object is kept."""
-    key = f'"{name}":'
-    at = f"LOCATE('{key}', {_P})"
-    start = f"({at} + {len(key)})"
-    first = f"SUBSTRING({_P}, {start}, 1)"
-    comma, brace = f"LOCATE(',', {_P}, {start})", f"LOCATE('}}', {_P}, {start})"
-    end = f"CASE WHEN {comma} > 0 AND {comma} < {brace} THEN {comma} ELSE {brace} END"
-    return (f"CASE WHEN {at} = 0 OR {first} = 'n' THEN NULL "
-            f"WHEN {first} = '\"' THEN CONCAT('[', SUBSTRING({_P}, {start}, "
-            f"LOCATE('\"', {_P}, {start} + 1) - {start} + 1), ']') "
-            f"WHEN {first} IN ('[', '{{') THEN CONCAT('[', {first}, ']') "
-            f"ELSE CONCAT('[', SUBSTRING({_P}, {start}, {end} - {start}), ']') END")
+def _q(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
-def wrapped_fields() -> str:
-    """The SELECT list of each field's wrapped text, and of consent's object text."""
-    consent_at = f"LOCATE('\"consent\":{{', {_P})"
-    consent = (f"CASE WHEN {consent_at} > 0 THEN SUBSTRING({_P}, {consent_at} + 10, "
-               f"LOCATE('}}', {_P}, {consent_at}) - {consent_at} - 9) END")
-    return ",\n               ".join(
-        [f"{_once(_from_projection(f))} AS {_w(f)}" for f in _FIELDS]
-        + [f"{_once(consent)} AS `consent_text`"])
+def _cut_out(step: str) -> str:
+    """The steps that cut each field out of `projection` — Jackson's compact, key-sorted
+    text of the document's own fields of _FIELDS, in which `"name":` can only be a key —
+    as its wrapped JSON text (see the module docstring; only the type of an array or
+    object is kept), after `step` (a query with `projection`). Every position is found
+    once, in a step of its own: generated code evaluates a term again at each use, and
+    LOCATE and SUBSTRING scan the text."""
+    def start(f: str) -> str:
+        return f"(`a_{f}` + {len(f) + 3})"  # after "f":
+
+    keys = {f: f'"{f}":' for f in _FIELDS}
+    at = [f"{_once(f'LOCATE({_q(keys[f])}, {_P})')} AS `a_{f}`" for f in _FIELDS]
+    first = [f"{_once(f'CASE WHEN `a_{f}` > 0 THEN SUBSTRING({_P}, {start(f)}, 1) END')} "
+             f"AS `c_{f}`" for f in _FIELDS]
+    comma = "LOCATE(',', {p}, {s})"
+    ends = []
+    for f in _FIELDS:
+        c = comma.format(p=_P, s=start(f))
+        brace = f"LOCATE('}}', {_P}, {start(f)})"
+        ends.append(_once(
+            f"CASE WHEN `c_{f}` = '\"' THEN LOCATE('\"', {_P}, {start(f)} + 1) "
+            f"WHEN `c_{f}` IN ('-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 't', "
+            f"'f') THEN CASE WHEN {c} > 0 AND {c} < {brace} THEN {c} ELSE {brace} END "
+            f"END") + f" AS `e_{f}`")
+    wrapped = [_once(
+        f"CASE WHEN `a_{f}` = 0 OR `c_{f}` = 'n' THEN NULL "
+        f"WHEN `c_{f}` = '\"' THEN CONCAT('[', SUBSTRING({_P}, {start(f)}, "
+        f"`e_{f}` - {start(f)} + 1), ']') "
+        f"WHEN `c_{f}` IN ('[', '{{') THEN CONCAT('[', `c_{f}`, ']') "
+        f"ELSE CONCAT('[', SUBSTRING({_P}, {start(f)}, `e_{f}` - {start(f)}), ']') END")
+        + f" AS {_w(f)}" for f in _FIELDS]
+    consent = (f"CASE WHEN `a_consent` > 0 AND `c_consent` = '{{' THEN SUBSTRING({_P}, "
+               f"{start('consent')}, LOCATE('}}', {_P}, `a_consent`) - {start('consent')} + 1) "
+               f"END")
+    for columns in (at, first, ends, [*wrapped, f"{_once(consent)} AS `consent_text`"]):
+        step = f"SELECT *, {', '.join(columns)} FROM ({step})"
+    return step
 
 
 def _read_fields() -> str:
@@ -258,7 +274,7 @@ def decode_sql(source: str, columns: tuple[str, ...], rules: EventRules) -> str:
         SELECT *, {_once("JSON_QUERY(`doc`, '$')")} AS `canonical`,
                {_once(f"JSON_QUERY(`doc`, '$[{fields}]')")} AS {_P}
         FROM ({checked})"""
-    parsed = f"SELECT *, {wrapped_fields()} FROM ({parsed})"
+    parsed = _cut_out(parsed)
     parsed = f"SELECT *, {_read_fields()} FROM ({parsed})"
     doc_rules = [
         ("`pre` IS NOT NULL", "`pre`"),

@@ -76,8 +76,12 @@ def test_generator_produces_n_records_a_consumer_reads_back(
         assert all(r.value[:1] == b"{" for r in records)
 
 
+# events.json_decode: every record through Python, or JSON in SQL with the rest in
+# Python, merged back in offset order (jobs/json_decode.py, OffsetOrderMerge)
+@pytest.mark.parametrize("json_decode", ["python", "sql"])
 def test_source_stage_normalizes_valid_events_and_dead_letters_the_rest(
-        stack: dict[str, str], topic_factory) -> None:  # type: ignore[no-untyped-def]
+        stack: dict[str, str], topic_factory,  # type: ignore[no-untyped-def]
+        json_decode: str) -> None:
     from jobs.runtime import create_environments
     from jobs.source import EVENT_COLUMNS, EVENT_FIELDS, read_events
 
@@ -98,7 +102,8 @@ def test_source_stage_normalizes_valid_events_and_dead_letters_the_rest(
     assert len(bad) >= 40 and len({r.malformed for r in bad}) == 10  # all ten classes
 
     settings = load_settings("local", {"NUDGE_KAFKA__BOOTSTRAP": stack["bootstrap"],
-                                       "NUDGE_TOPICS__DLQ": dlq_topic})
+                                       "NUDGE_TOPICS__DLQ": dlq_topic,
+                                       "NUDGE_EVENTS__JSON_DECODE": json_decode})
     env, t_env = create_environments(settings)
     statements = t_env.create_statement_set()
     read_events(t_env, settings, statements, group_id=f"it-{events_topic}",
