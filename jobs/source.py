@@ -76,6 +76,14 @@ def q(name: str) -> str:
     return f"`{name}`"
 
 
+def event_rules(settings: Settings) -> Any:
+    """The validation settings of udfs.events (both decoders use the same)."""
+    from udfs.events import EventRules
+
+    return EventRules(max_future_ms=settings.events.max_future_ms,
+                      default_currency=settings.events.default_currency)
+
+
 def _parse_event_function(settings: Settings) -> Any:
     """The `parse_event(value, kafka_ts)` table function: one row per record, either the
     normalized event with `error` NULL, or all NULL but `error`."""
@@ -87,18 +95,16 @@ def _parse_event_function(settings: Settings) -> Any:
              "BOOLEAN": DataTypes.BOOLEAN()}
     result_types = [types[t] for _, t in EVENT_COLUMNS] + [DataTypes.STRING()]
     registry_url = settings.kafka.schema_registry_url
-    events = settings.events
+    rules = event_rules(settings)
 
     class ParseEvent(TableFunction):  # type: ignore[misc]
         def open(self, function_context: Any) -> None:
             from schemas import SCHEMA_DIR
             from udfs.codecs import LocalSchemas, RegistrySchemas
-            from udfs.events import EventRules
 
             self.resolver = (RegistrySchemas(registry_url) if registry_url
                              else LocalSchemas(SCHEMA_DIR))
-            self.rules = EventRules(max_future_ms=events.max_future_ms,
-                                    default_currency=events.default_currency)
+            self.rules = rules
             group = function_context.get_metric_group().add_group("nudge")
             # what this Python stage decided (Avro, and the JSON SQL leaves to it); the
             # whole stage's counts are events_parsed / events_rejected (with_event_time)
@@ -187,13 +193,16 @@ def est_time_sql(ts: str, error: str) -> str:
     return f"TO_TIMESTAMP_LTZ(CASE WHEN {error} IS NULL THEN {ts} ELSE 0 END, 3)"
 
 
-def _parsed_by_python(source_view: str, prefix: str, where: str = "") -> str:
+def _parsed_by_python(source_view: str, prefix: str, where: str = "",
+                      laned: bool = False) -> str:
     """The query of `source_view`'s records decoded by `parse_event`: SOURCE_COLUMNS,
-    `kafka_ms`, EVENT_FIELDS, `error`, `lane` and `est_time`."""
-    source = (*SOURCE_COLUMNS, "kafka_ms")
+    EVENT_FIELDS, `error` and `est_time`; `laned`: with `kafka_ms` and `lane` too, the
+    row type of decode_events."""
+    source = (*SOURCE_COLUMNS, "kafka_ms") if laned else SOURCE_COLUMNS
+    lane = " r.`lane`," if laned else ""
     return f"""
         SELECT {', '.join(f'r.{q(c)}' for c in source)},
-               {', '.join(f'e.{q(f)}' for f in EVENT_FIELDS)}, e.`error`, r.`lane`,
+               {', '.join(f'e.{q(f)}' for f in EVENT_FIELDS)}, e.`error`,{lane}
                {est_time_sql('e.`ts`', 'e.`error`')} AS est_time
         FROM {q(source_view)} AS r,
         LATERAL TABLE({prefix}parse_event(r.`v`, r.`kafka_ms`))
@@ -203,13 +212,9 @@ def _parsed_by_python(source_view: str, prefix: str, where: str = "") -> str:
 
 def decode_in_python(t_env: Any, settings: Settings, raw: str, prefix: str = "") -> Any:
     """`raw`'s records decoded and validated by the Python table function `parse_event`
-    (udfs.events), all of them (`events.json_decode: python`); the columns of
-    decode_events, `lane` NULL."""
+    (udfs.events), all of them (`events.json_decode: python`), in topic order."""
     t_env.create_temporary_function(f"{prefix}parse_event", _parse_event_function(settings))
-    view = f"{prefix}events_raw_laned"
-    t_env.create_temporary_view(view, t_env.sql_query(
-        f"SELECT *, CAST(NULL AS STRING) AS `lane` FROM {q(raw)}"))
-    return t_env.sql_query(_parsed_by_python(view, prefix))
+    return t_env.sql_query(_parsed_by_python(raw, prefix))
 
 
 def decode_events(t_env: Any, settings: Settings, raw: str, prefix: str = "") -> Any:
@@ -225,10 +230,8 @@ def decode_events(t_env: Any, settings: Settings, raw: str, prefix: str = "") ->
 
     from jobs.json_decode import DEFER, decode_sql
     from jobs.runtime import nudge_java_class
-    from udfs.events import EventRules
 
-    rules = EventRules(max_future_ms=settings.events.max_future_ms,
-                       default_currency=settings.events.default_currency)
+    rules = event_rules(settings)
     t_env.create_temporary_function(f"{prefix}parse_event", _parse_event_function(settings))
     source = (*SOURCE_COLUMNS, "kafka_ms")
     columns = ", ".join(q(c) for c in (*source, *EVENT_FIELDS))
@@ -245,7 +248,7 @@ def decode_events(t_env: Any, settings: Settings, raw: str, prefix: str = "") ->
     to_python = f"{prefix}events_to_python"
     t_env.create_temporary_view(to_python, t_env.from_data_stream(DataStream(j_placeholders)))
     decided = t_env.sql_query(_parsed_by_python(to_python, prefix,
-                                                 f"WHERE r.`lane` = '{DEFER}'"))
+                                                 f"WHERE r.`lane` = '{DEFER}'", laned=True))
     j_decided = t_env.to_data_stream(decided)._j_data_stream
     if str(j_decided.getType()) != str(j_all.getType()):
         raise AssertionError(f"row types differ: {j_all.getType()} / {j_decided.getType()}")

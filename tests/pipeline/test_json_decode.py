@@ -18,15 +18,14 @@ from typing import Any
 import pytest
 
 from config.settings import load_settings
-from jobs.source import EVENT_FIELDS
+from jobs.source import EVENT_FIELDS, event_rules
 from schemas import SCHEMA_DIR
 from tests.unit.test_validation import TS, VALID, fastavro_wire, with_
 from udfs.codecs import LocalSchemas
-from udfs.events import Event, EventRules, Rejection, decode_and_validate
+from udfs.events import Event, Rejection, decode_and_validate
 
 SETTINGS = load_settings("local")
-RULES = EventRules(max_future_ms=SETTINGS.events.max_future_ms,
-                   default_currency=SETTINGS.events.default_currency)
+RULES = event_rules(SETTINGS)
 RESOLVER = LocalSchemas(SCHEMA_DIR)
 
 # test_validation's valid event of each type, with more of the optional fields

@@ -47,11 +47,6 @@ public final class PartitionWatermarks implements WatermarkStrategy<Row> {
     private final long lagMs;
     private final long idleMs;
 
-    public PartitionWatermarks(
-            int timeField, int partitionField, int errorField, long lagMs, long idleMs) {
-        this(timeField, partitionField, errorField, lagMs, idleMs, null);
-    }
-
     /**
      * With {@code counters} not null, the operator also counts what it sees, as
      * {@code nudge.<counters>_parsed} (accepted records) and {@code nudge.<counters>_rejected}:
