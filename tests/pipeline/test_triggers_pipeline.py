@@ -38,6 +38,9 @@ v product_view with category, s search, p page_view):
         0 1 2   22 42 62 70 71 72               cart_abandoned @ 32 (@ 102 capped)
     n   s v +x        s  v  +y              ──► high_intent @ 2 and @ 67 (a new session,
         0 1 2         65 66 67                  past the 1 h cooldown), cart_abandoned @ 32
+    o   s v +x    p       s  v  +y          ──► high_intent @ 2 and @ 67: the second
+        0 1 2     40      65 66 67              session begins with the page view, an
+                                                event of no type the pattern names
 
 The input is shuffled by up to 50 s of event time (within the allowed lateness).
 """
@@ -103,7 +106,11 @@ def trace() -> list[dict]:
             ("m", 70, "search", {"query": "r"}), ("m", 71, "product_view", {"product_id": "y"}),
             ("m", 72, "add_to_cart", {"product_id": "y"}),
             ("n", 65, "search", {"query": "r"}), ("n", 66, "product_view", {"product_id": "y"}),
-            ("n", 67, "add_to_cart", {"product_id": "y"})]),
+            ("n", 67, "add_to_cart", {"product_id": "y"}),
+            ("o", 0, "search", {"query": "q"}), ("o", 1, "product_view", {"product_id": "x"}),
+            ("o", 2, "add_to_cart", {"product_id": "x"}), ("o", 40, "page_view", {}),
+            ("o", 65, "search", {"query": "r"}), ("o", 66, "product_view", {"product_id": "y"}),
+            ("o", 67, "add_to_cart", {"product_id": "y"})]),
     ]
     for i, event in enumerate(events):
         event.setdefault("event_id", f"{event['user_id']}-{i}")
@@ -130,6 +137,9 @@ EXPECTED = sorted([
     ("high_intent", "n", T0 + 2 * M),
     ("high_intent", "n", T0 + 67 * M),
     ("cart_abandoned", "n", T0 + 32 * M),
+    ("high_intent", "o", T0 + 2 * M),
+    ("high_intent", "o", T0 + 67 * M),
+    ("cart_abandoned", "o", T0 + 32 * M),
 ])
 PRIVACY = [
     {"type": "erasure", "user_id": "i", "ts": T0 + 5 * M},
