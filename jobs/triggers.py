@@ -8,8 +8,9 @@ event time, each firing written exactly once to the notifications topic.
        ├─ SESSION window per user ─────────────► sessions with ≥ N views, no cart ──┤
        ├─ OVER (session starts) → MATCH_RECOGNIZE ► search → view → add_to_cart ────┤
        ▼                                                                     signals ▼
-                        TriggerFunction (Python, keyed by user): the cart, its deadlines,
-                        browse evaluation, once-per-session, frequency cap, consent
+                        TriggerFunction (Python, keyed by user in the JVM: jobs/key_by.py):
+                        the cart, its deadlines, browse evaluation, once-per-session,
+                        frequency cap, consent
                                                │
                                                ▼
                         notifications (Kafka transactions, exactly once, key = user_id)
@@ -237,10 +238,11 @@ def detect_triggers(t_env: Any, settings: Settings) -> Any:
     from pyflink.common import Types
 
     from jobs.functions import TriggerFunction
+    from jobs.key_by import key_by_field
 
     stream = t_env.to_data_stream(signals(t_env, settings))
-    return (stream
-            .key_by(lambda row: row[0], key_type=Types.STRING())
+    return (key_by_field(stream, SIGNAL_COLUMNS.index("user_id STRING"), Types.STRING(),
+                         "signals: key by user_id", "signals-key-by")
             .process(TriggerFunction(settings),
                      output_type=Types.ROW_NAMED(["user_id", "notification"],
                                                  [Types.STRING(),

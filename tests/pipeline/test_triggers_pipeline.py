@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 import pytest
 
@@ -147,7 +148,8 @@ PRIVACY = [
 ]
 
 
-def run_pipeline(parallelism: int, events: list[dict]) -> list[dict]:
+def build_pipeline(parallelism: int, events: list[dict]) -> tuple[Any, Any]:
+    """The trigger pipeline over `events` and PRIVACY: (environment, notifications)."""
     from pyflink.common import Row, Types
     from pyflink.table import Schema
 
@@ -180,8 +182,38 @@ def run_pipeline(parallelism: int, events: list[dict]) -> list[dict]:
         .column_by_expression("rowtime", "TO_TIMESTAMP_LTZ(ts, 3)")
         .watermark("rowtime", f"rowtime - {sql_interval(delay)}")
         .build()))
-    with detect_triggers(t_env, settings).execute_and_collect() as results:
+    return env, detect_triggers(t_env, settings)
+
+
+def run_pipeline(parallelism: int, events: list[dict]) -> list[dict]:
+    _, notifications = build_pipeline(parallelism, events)
+    with notifications.execute_and_collect() as results:
         return [json.loads(bytes(row[1])) for row in results]
+
+
+def test_no_python_operator_keys_the_signals() -> None:
+    """The signals reach the trigger function keyed by a JVM map (jobs/key_by.py), not by
+    PyFlink's Python key_by map, whose bundle each barrier would wait for."""
+    env, notifications = build_pipeline(2, trace()[:5])
+    notifications.sink_to(_discard())
+    plan = json.loads(env.get_execution_plan())
+    names = [node["type"] + ": " + node["contents"] for node in plan["nodes"]]
+    assert any("signals: key by user_id" in n for n in names), names
+    assert not any("_stream_key_by_map_operator" in n for n in names), names
+    trigger_function = next(node for node in plan["nodes"]
+                            if "triggers: cart, checkout" in node["contents"])
+    key_map = next(node for node in plan["nodes"]
+                   if "signals: key by user_id" in node["contents"])
+    assert [edge["id"] for edge in trigger_function["predecessors"]] == [key_map["id"]]
+    assert trigger_function["predecessors"][0]["ship_strategy"] == "HASH"
+
+
+def _discard() -> Any:
+    from pyflink.datastream.connectors import Sink
+    from pyflink.java_gateway import get_gateway
+
+    return Sink(get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2
+                .DiscardingSink())
 
 
 @pytest.mark.parametrize("parallelism", [1, 2])
