@@ -152,28 +152,27 @@ SEQUENCE_TYPES = ("search", "product_view", "add_to_cart")
 def sessioned_events(t_env: Any, settings: Settings) -> str:
     """The view `sessioned`: the events MATCH_RECOGNIZE needs (SEQUENCE_TYPES), each with
     the ts of its session's first event, in each user's ts order. Two OVER windows: the
-    gap to the previous event (over every event, with only the columns needed), then the
-    latest event that began a session (over the sequence's events and the events that
-    begin a session, which are all it needs). Returns the view's name."""
+    gap to the previous event (over every event), then the latest event that began a
+    session (over the sequence's events and the events that begin a session, which are
+    all it needs). Returns the view's name.
+
+    Both windows keep the row types of the builds before the filters (2026-12-07), so
+    that a savepoint of those builds restores: a narrower row in an OVER window's state
+    fails the restore (docs/operations.md, "Upgrade without losing state")."""
     gap = settings.triggers.session_gap_ms
     types = ", ".join(f"'{t}'" for t in SEQUENCE_TYPES)
     t_env.create_temporary_view("sessioned", t_env.sql_query(f"""
         SELECT user_id, ts, event_type, product_id, query, rowtime, session_start
         FROM (
           SELECT user_id, ts, event_type, product_id, query, rowtime,
-                 MAX(begins) OVER (
+                 MAX(CASE WHEN n = 1 OR ts - prev_ts >= {gap} THEN ts END) OVER (
                    PARTITION BY user_id ORDER BY rowtime
                    ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS session_start
           FROM (
-            SELECT user_id, ts, event_type, product_id, query, rowtime,
-                   CASE WHEN n = 1 OR ts - prev_ts >= {gap} THEN ts END AS begins
-            FROM (
-              SELECT user_id, ts, event_type, product_id, query, rowtime,
-                     MIN(ts) OVER w AS prev_ts, COUNT(*) OVER w AS n
-              FROM (SELECT user_id, ts, event_type, product_id, query, rowtime FROM events)
-              WINDOW w AS (PARTITION BY user_id ORDER BY rowtime
-                           ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)))
-          WHERE event_type IN ({types}) OR begins IS NOT NULL)
+            SELECT *, MIN(ts) OVER w AS prev_ts, COUNT(*) OVER w AS n FROM events
+            WINDOW w AS (PARTITION BY user_id ORDER BY rowtime
+                         ROWS BETWEEN 1 PRECEDING AND CURRENT ROW))
+          WHERE event_type IN ({types}) OR n = 1 OR ts - prev_ts >= {gap})
         WHERE event_type IN ({types})"""))
     return "sessioned"
 
