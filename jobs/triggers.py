@@ -159,20 +159,20 @@ def sessioned_events(t_env: Any, settings: Settings) -> str:
     Both windows keep the row types of the builds before the filters (2026-12-07), so
     that a savepoint of those builds restores: a narrower row in an OVER window's state
     fails the restore (docs/operations.md, "Upgrade without losing state")."""
-    gap = settings.triggers.session_gap_ms
+    begins = f"n = 1 OR ts - prev_ts >= {settings.triggers.session_gap_ms}"
     types = ", ".join(f"'{t}'" for t in SEQUENCE_TYPES)
     t_env.create_temporary_view("sessioned", t_env.sql_query(f"""
         SELECT user_id, ts, event_type, product_id, query, rowtime, session_start
         FROM (
           SELECT user_id, ts, event_type, product_id, query, rowtime,
-                 MAX(CASE WHEN n = 1 OR ts - prev_ts >= {gap} THEN ts END) OVER (
+                 MAX(CASE WHEN {begins} THEN ts END) OVER (
                    PARTITION BY user_id ORDER BY rowtime
                    ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS session_start
           FROM (
             SELECT *, MIN(ts) OVER w AS prev_ts, COUNT(*) OVER w AS n FROM events
             WINDOW w AS (PARTITION BY user_id ORDER BY rowtime
                          ROWS BETWEEN 1 PRECEDING AND CURRENT ROW))
-          WHERE event_type IN ({types}) OR n = 1 OR ts - prev_ts >= {gap})
+          WHERE event_type IN ({types}) OR {begins})
         WHERE event_type IN ({types})"""))
     return "sessioned"
 
@@ -236,12 +236,12 @@ def detect_triggers(t_env: Any, settings: Settings) -> Any:
     """All signals → the keyed trigger function → (user_id, notification bytes)."""
     from pyflink.common import Types
 
-    from jobs.functions import TriggerFunction
+    from jobs.functions import USER_ID, TriggerFunction
     from jobs.key_by import key_by_field
 
     stream = t_env.to_data_stream(signals(t_env, settings))
-    return (key_by_field(stream, SIGNAL_COLUMNS.index("user_id STRING"), Types.STRING(),
-                         "signals: key by user_id", "signals-key-by")
+    return (key_by_field(stream, USER_ID, Types.STRING(), "signals: key by user_id",
+                         "signals-key-by")
             .process(TriggerFunction(settings),
                      output_type=Types.ROW_NAMED(["user_id", "notification"],
                                                  [Types.STRING(),
